@@ -1,0 +1,1 @@
+"""eqimg command line (Typer + rich). The library lives in eqcli_core."""
