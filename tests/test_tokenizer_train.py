@@ -1,0 +1,119 @@
+"""Tokenizer training: exact resume, all loss terms, CLI train-tokenizer and reconstruct."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eqcli_core.errors import BadInputError, CheckpointError, UsageError
+from eqcli_core.io import load_checkpoint
+from eqcli_core.tokenizer import TokenizerConfig, load_tokenizer, to_pixels
+from eqcli_core.tokenizer.train import TrainTokenizerConfig, psnr_ssim, train_tokenizer
+
+
+def _mini() -> TokenizerConfig:
+    return TokenizerConfig(arch="fast", height=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), len_down_scale=1,
+                           z_channels=8, token_dim=8, noise_std=0.5, stem=4, kernel=5, mlp_ratio=2, tail_ch=8)
+
+
+def _write_images(root, n: int, h: int, w: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    for i in range(n):
+        a, b, c = rng.uniform(0, 6, 3)
+        img = np.stack([np.sin(a * xx + b * yy + c), np.cos(b * xx - a * yy), np.sin(c * xx * yy + a)], -1)
+        img = ((img * 0.5 + 0.5) * 255).astype(np.uint8)
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"c{i % 2}" / f"{i}.png")
+
+
+def _cfg(**kw) -> TrainTokenizerConfig:
+    base = dict(preset="mini", batch=2, perceptual=False, val_every=2, val_images=2, warmup=50)
+    base.update(kw)
+    return TrainTokenizerConfig(**base)
+
+
+def test_resume_is_exact(tmp_path):
+    data = tmp_path / "data"
+    _write_images(data, 12, 32, 64)
+    a = train_tokenizer(data, tmp_path / "a", train_config=_cfg(), model_config=_mini(), steps=4)
+    train_tokenizer(data, tmp_path / "b", train_config=_cfg(), model_config=_mini(), steps=2)
+    b = train_tokenizer(data, tmp_path / "b", train_config=_cfg(), steps=4, resume=True)
+    assert a["steps"] == b["steps"] == 4 and b["session_steps"] == 2
+    sa = load_checkpoint(tmp_path / "a" / "state.pt", kind="tokenizer-train-state")
+    sb = load_checkpoint(tmp_path / "b" / "state.pt", kind="tokenizer-train-state")
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+    for k, v in sa["ema"]["shadow"].items():
+        assert torch.equal(v, sb["ema"]["shadow"][k]), k
+    assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-9)
+    # the run directory holds the documented files; tokenizer.pt loads
+    for name in ("state.pt", "tokenizer.pt", "preview.png", "log.jsonl"):
+        assert (tmp_path / "a" / name).is_file()
+    tok = load_tokenizer(tmp_path / "a" / "tokenizer.pt")
+    assert tok.column_width == 8 and tok.height == 32
+    assert len((tmp_path / "a" / "log.jsonl").read_text().splitlines()) == 3  # steps 2, 4 and the final one
+
+
+def test_run_dir_guards(tmp_path):
+    data = tmp_path / "data"
+    _write_images(data, 4, 32, 32)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_tokenizer(data, tmp_path / "r", train_config=_cfg(), model_config=_mini(), steps=1, resume=True)
+    train_tokenizer(data, tmp_path / "r", train_config=_cfg(), model_config=_mini(), steps=1)
+    with pytest.raises(UsageError, match="already holds"):
+        train_tokenizer(data, tmp_path / "r", train_config=_cfg(), model_config=_mini(), steps=1)
+    with pytest.raises(UsageError):
+        train_tokenizer(data, tmp_path / "s", train_config=_cfg(), model_config=_mini())
+    with pytest.raises(BadInputError):
+        train_tokenizer(tmp_path / "nowhere", tmp_path / "t", train_config=_cfg(), model_config=_mini(), steps=1)
+
+
+def test_all_loss_terms_and_bad_files(tmp_path):
+    data = tmp_path / "data"
+    _write_images(data, 10, 32, 48)
+    (data / "c0" / "broken.png").write_bytes(b"\x89PNG garbage")
+    s = train_tokenizer(data, tmp_path / "run", model_config=_mini(), steps=3,
+                        train_config=_cfg(perceptual=True, perceptual_every=1, perceptual_size=32, feature_align=True, gan_start=1))
+    assert s["perceptual"] and s["feature_align"] and s["gan"]
+    assert np.isfinite(s["psnr"])
+
+
+def test_cli_train_and_reconstruct(tmp_path):
+    from eqcli.main import main
+
+    data = tmp_path / "data"
+    _write_images(data, 6, 128, 160)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["train-tokenizer", "--data", str(data), "--out", str(run), "--steps", "2", "--batch", "2", "--no-perceptual",
+              "--threads", "1", "--json"])
+    assert e.value.code in (0, None)
+    img = data / "c0" / "0.png"
+    out = tmp_path / "rec.png"
+    import io
+    import contextlib
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
+        main(["reconstruct", str(img), "--tokenizer", str(run / "tokenizer.pt"), "-o", str(out), "--json"])
+    assert e.value.code in (0, None)
+    doc = json.loads(buf.getvalue())
+    # the CLI's PSNR equals the library path computed here (centre crop 160 -> 160: whole columns)
+    tok = load_tokenizer(run / "tokenizer.pt")
+    arr = np.array(Image.open(img).convert("RGB"))
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        rec = to_pixels(tok.decode(tok.encode(x)))
+    assert doc["psnr"] == pytest.approx(psnr_ssim(arr[None], rec)[0], abs=1e-6)
+    assert doc["tokens"] == 20
+    side = np.asarray(Image.open(out))
+    assert side.shape == (128, 320, 3) and np.array_equal(side[:, 160:], rec[0])
+    # bad width for the command -> clear error exit code, no traceback
+    Image.fromarray(arr[:, :5]).save(tmp_path / "narrow.png")
+    with pytest.raises(SystemExit) as e:
+        main(["reconstruct", str(tmp_path / "narrow.png"), "--tokenizer", str(run / "tokenizer.pt"), "-o", str(out)])
+    assert e.value.code == 3
