@@ -22,6 +22,7 @@ from .errors import UsageError
 
 DEFAULT_CHUNK = 32  # central token columns decoded per window
 DEFAULT_GLOBAL_OVERLAP = 16  # context tokens per side for global-attention decoders (see docs/sampling.md)
+DEFAULT_GLOBAL_CROSSFADE = 2  # columns blended between windows of global-attention decoders (hides window edges)
 
 
 def default_overlap(tokenizer) -> int:
@@ -38,11 +39,13 @@ class StreamingDecoder:
     of the whole sequence (exactly when overlap >= tokenizer.decode_context).
     """
 
-    def __init__(self, tokenizer, overlap: int | None = None, chunk: int = DEFAULT_CHUNK, crossfade: int = 0):
+    def __init__(self, tokenizer, overlap: int | None = None, chunk: int = DEFAULT_CHUNK, crossfade: int | None = None):
         self.tok = tokenizer
         self.cw = int(tokenizer.column_width)
         self.overlap = default_overlap(tokenizer) if overlap is None else int(overlap)
         self.chunk = int(chunk)
+        if crossfade is None:  # exact decoders need none; global ones get a short blend
+            crossfade = 0 if getattr(tokenizer, "decode_context", None) is not None else min(DEFAULT_GLOBAL_CROSSFADE, self.chunk)
         self.crossfade = int(crossfade)
         if self.overlap < 0 or self.chunk < 1:
             raise UsageError(f"decode chunk must be >= 1 and overlap >= 0 (got chunk={chunk}, overlap={overlap})")
@@ -113,7 +116,7 @@ def _cat(pieces: list[torch.Tensor]) -> torch.Tensor | None:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
 
 
-def decode_chunked(tokenizer, tokens: torch.Tensor, chunk: int = DEFAULT_CHUNK, overlap: int | None = None, crossfade: int = 0) -> torch.Tensor:
+def decode_chunked(tokenizer, tokens: torch.Tensor, chunk: int = DEFAULT_CHUNK, overlap: int | None = None, crossfade: int | None = None) -> torch.Tensor:
     """Decode (B, N, C) tokens window by window: (B, 3, H, N*cw) raw decoder output."""
     dec = StreamingDecoder(tokenizer, overlap=overlap, chunk=chunk, crossfade=crossfade)
     return _cat([dec.feed(tokens), dec.flush()])
@@ -125,7 +128,7 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def seam_error(tokenizer, tokens: torch.Tensor, *, chunk: int = DEFAULT_CHUNK, overlap: int | None = None, crossfade: int = 0) -> dict:
+def seam_error(tokenizer, tokens: torch.Tensor, *, chunk: int = DEFAULT_CHUNK, overlap: int | None = None, crossfade: int | None = None) -> dict:
     """Chunked vs whole decode of the same tokens: max and mean |difference| in [-1, 1] pixel units,
     and the max in 8-bit levels after clamping (what a PNG would show)."""
     with torch.no_grad():

@@ -39,8 +39,8 @@ class ResBlock(nn.Module):
         self.fc2 = nn.Linear(width, width)
         self.ada = nn.Linear(width, 3 * width)
 
-    def forward(self, x, y):  # x, y: (M, W)
-        shift, scale, gate = self.ada(F.silu(y)).chunk(3, dim=-1)
+    def forward(self, x, cond):  # x: (M, W); cond = silu(emb(t) + proj(c)): (M or 1, W)
+        shift, scale, gate = self.ada(cond).chunk(3, dim=-1)
         h = self.fc2(F.silu(self.fc1(modulate(self.norm(x), shift, scale))))
         return x + gate * h
 
@@ -52,8 +52,8 @@ class FinalLayer(nn.Module):
         self.ada = nn.Linear(width, 2 * width)
         self.linear = nn.Linear(width, out_dim)
 
-    def forward(self, x, y):
-        shift, scale = self.ada(F.silu(y)).chunk(2, dim=-1)
+    def forward(self, x, cond):
+        shift, scale = self.ada(cond).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -90,13 +90,13 @@ class FlowHead(nn.Module):
     def velocity(self, x: torch.Tensor, t_emb: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
         """x (M,C); t_emb (M or 1, W); c_emb (M,W) = cond_proj(c), precomputed once per column."""
         h = self.in_proj(x)
-        y = t_emb + c_emb
+        cond = F.silu(t_emb + c_emb)  # every AdaLN modulation starts with this SiLU: do it once
         for block in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, y, use_reentrant=False)
+                h = checkpoint(block, h, cond, use_reentrant=False)
             else:
-                h = block(h, y)
-        return self.final(h, y)
+                h = block(h, cond)
+        return self.final(h, cond)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """v(x_t, t | c): x (M,C), t (M,) in [0,1], c (M,D) -> (M,C)."""
@@ -111,19 +111,29 @@ class FlowHead(nn.Module):
         return ((noise - x0) - v).pow(2).mean(dim=-1)
 
     @torch.no_grad()
-    def sample(self, c: torch.Tensor, noise: torch.Tensor, steps: int, cfg: float | None = None) -> torch.Tensor:
+    def time_table(self, steps: int, device=None) -> torch.Tensor:
+        """Embeddings of the Euler grid t = steps/steps, ..., 1/steps: (steps, W). The grid is the
+        same for every column, so a sampling run computes it once."""
+        t = torch.arange(steps, 0, -1, device=device or self.time_fc1.weight.device) / steps
+        return self.embed_time(t)
+
+    @torch.no_grad()
+    def sample(self, c: torch.Tensor, noise: torch.Tensor, steps: int, cfg: float | None = None,
+               t_table: torch.Tensor | None = None) -> torch.Tensor:
         """Euler from t=1 to t=0, returning x0 (B,C).
 
         noise (B,C) is x at t=1. Without guidance (cfg None) c is (B,D). With guidance c is (2B,D):
         rows [:B] conditional, [B:] null class; both halves start from the same noise and the update
-        uses v_u + cfg * (v_c - v_u), so the pair stays identical (the official scheme)."""
+        uses v_u + cfg * (v_c - v_u), so the pair stays identical (the official scheme).
+        t_table: time_table(steps), if the caller keeps it across columns."""
         guided = cfg is not None
         x = noise
         c_emb = self.cond_proj(c)
         dt = -1.0 / steps
-        for i in range(steps, 0, -1):
-            t = torch.full((1,), i / steps, device=c.device)
-            t_emb = self.embed_time(t)  # same t for every row: embed once, broadcast
+        if t_table is None:
+            t_table = self.time_table(steps, c.device)
+        for k in range(steps):  # t = (steps - k) / steps
+            t_emb = t_table[k:k + 1]  # same t for every row: (1, W), broadcast
             if guided:
                 v_c, v_u = self.velocity(torch.cat([x, x]), t_emb, c_emb).chunk(2)
                 v = v_u + cfg * (v_c - v_u)

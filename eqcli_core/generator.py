@@ -322,6 +322,8 @@ class EquivariantGenerator(nn.Module):
     def forward_transformer(self, tokens_scaled: torch.Tensor, class_ids: torch.Tensor | None, *, position_offset: int = 0) -> torch.Tensor:
         """tokens_scaled (B,N,C) (already * latent_scale) -> z (B,N,D); z[:, i] conditions token i
         (it has seen the class and tokens < i only)."""
+        if tokens_scaled.ndim != 3:
+            raise UsageError(f"tokens must have shape (batch, columns, {self.config.token_dim}), not {tuple(tokens_scaled.shape)}")
         B, N, C = tokens_scaled.shape
         if C != self.config.token_dim:
             raise UsageError(f"tokens have {C} channels but this generator expects {self.config.token_dim}")
@@ -368,6 +370,8 @@ class EquivariantGenerator(nn.Module):
         in [0, shift_range) per call (global torch RNG). loss_mask (N,) or (B,N) bool limits which
         positions are trained; per_position (N,) is the unmasked batch mean per position."""
         cfg = self.config
+        if tokens.ndim != 3 or tokens.shape[-1] != cfg.token_dim:
+            raise UsageError(f"tokens must have shape (batch, columns, {cfg.token_dim}), not {tuple(tokens.shape)}")
         x = tokens * cfg.latent_scale
         B, N, C = x.shape
         ids = torch.as_tensor(labels, device=x.device).long().view(-1)

@@ -17,7 +17,8 @@ tokens of all images are stored end to end in one flat array, chunked along colu
 Crash safety: the run writes `<out>.partial` in HDF5 SWMR mode, whose on-disk state is always
 readable, and commits every `commit_every` listing entries (data, flush, then the progress
 counter, flush). After a crash (even kill -9) the committed prefix is copied into a fresh partial
-file and the run continues; at the end the file is finalised and renamed to `<out>`.
+file and the run continues. At the end the final (compact, non-SWMR) file is written from the
+partial one into a temp file beside `<out>` and renamed; only then is the partial file removed.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import BadInputError, EqimgError, LatentFileError, UsageError, WriteError
+from .errors import BadInputError, LatentFileError, UsageError, WriteError
 from .io import OutputLock, _fsync_dir, state_dict_hash
 from .progress import SILENT, Reporter
 
@@ -476,44 +477,56 @@ def _check_resume(prev, header: dict, partial: Path) -> None:
 
 
 def _finalize(f, partial: Path, out: Path) -> tuple[int, list]:
-    """Close SWMR writing, add the final index datasets and statistics, rename to `out`."""
-    f.close()
+    """Write the final file from the (still open) partial one into a temp file beside `out`,
+    rename it to `out`, then remove the partial file. A crash at any point leaves either the
+    resumable partial file or the finished `out`."""
+    from .io import atomic_path
+
     h5py = _h5()
-    with h5py.File(partial, "r+", libver="latest") as g:
-        ew, eo = g["_entry_width"][()], g["_entry_offset"][()]
-        kept = np.nonzero(ew >= 0)[0]
-        paths = g["_listing_paths"][()]
-        labels_all = g["labels_all"][()]
-        g.create_dataset("offsets", data=eo[kept].astype(np.int64))
-        g.create_dataset("widths", data=ew[kept].astype(np.int64))
-        g.create_dataset("labels", data=labels_all[kept].astype(np.int64))
-        g.create_dataset("paths", data=np.array([_s(p) for p in paths[kept]], dtype=object), dtype=_str_dtype())
-        si, sr = g["_skip_index"][()], g["_skip_reason"][()]
-        skipped = [(_s(paths[i]), _s(r)) for i, r in zip(si, sr)]
-        g.create_dataset("skipped_paths", data=np.array([p for p, _ in skipped], dtype=object), dtype=_str_dtype())
-        g.create_dataset("skipped_reasons", data=np.array([r for _, r in skipped], dtype=object), dtype=_str_dtype())
-        # One pass over everything: NaN/inf flag and token statistics (for latent scaling).
-        total, s1, s2, finite = 0, 0.0, 0.0, True
-        for key in ("tokens", "tokens_mirror"):
-            ds = g[key]
-            for s in range(0, ds.shape[0], 1 << 16):
-                block = ds[s : s + (1 << 16)].astype(np.float64)
-                finite &= bool(np.isfinite(block).all())
-                total += block.size
-                s1 += float(block.sum())
-                s2 += float((block * block).sum())
-        mean = s1 / max(total, 1)
-        g.attrs["token_mean"] = mean
-        g.attrs["token_std"] = float(np.sqrt(max(s2 / max(total, 1) - mean * mean, 0.0)))
-        g.attrs["all_finite"] = finite
-        g.attrs["num_images"] = len(kept)
-        g.attrs["num_columns"] = int(g["tokens"].shape[0])
-        for key in ("_listing_paths", "labels_all", "_entry_offset", "_entry_width", "_skip_index", "_skip_reason", "_progress"):
-            del g[key]
-        g.attrs["complete"] = True
-    with open(partial, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(partial, out)
+    ew, eo = f["_entry_width"][()], f["_entry_offset"][()]
+    kept = np.nonzero(ew >= 0)[0]
+    paths = f["_listing_paths"][()]
+    labels_all = f["labels_all"][()]
+    si, sr = f["_skip_index"][()], f["_skip_reason"][()]
+    skipped = [(_s(paths[i]), _s(r)) for i, r in zip(si, sr)]
+    C = f["tokens"].shape[1]
+    total_cols = int(f["_progress"][1])
+    with atomic_path(out, suffix=".h5.tmp") as tmp:
+        with h5py.File(tmp, "w") as g:
+            for k, v in f.attrs.items():
+                g.attrs[k] = v
+            g.attrs["complete"] = False  # set last
+            # Copy the tokens block by block; one pass gives the NaN/inf flag and the statistics.
+            total, s1, s2, finite = 0, 0.0, 0.0, True
+            for key in ("tokens", "tokens_mirror"):
+                src = f[key]
+                dst = g.create_dataset(key, shape=(total_cols, C), chunks=(CHUNK_COLUMNS, C) if total_cols else None,
+                                       maxshape=(None, C), dtype=src.dtype)
+                for s in range(0, total_cols, 1 << 16):
+                    e = min(total_cols, s + (1 << 16))
+                    block = src[s:e]
+                    dst[s:e] = block
+                    b64 = block.astype(np.float64)
+                    finite &= bool(np.isfinite(b64).all())
+                    total += b64.size
+                    s1 += float(b64.sum())
+                    s2 += float((b64 * b64).sum())
+            g.create_dataset("offsets", data=eo[kept].astype(np.int64))
+            g.create_dataset("widths", data=ew[kept].astype(np.int64))
+            g.create_dataset("labels", data=labels_all[kept].astype(np.int64))
+            g.create_dataset("paths", data=np.array([_s(p) for p in paths[kept]], dtype=object), dtype=_str_dtype())
+            g.create_dataset("class_names", data=np.array([_s(c) for c in f["class_names"][()]], dtype=object), dtype=_str_dtype())
+            g.create_dataset("skipped_paths", data=np.array([p for p, _ in skipped], dtype=object), dtype=_str_dtype())
+            g.create_dataset("skipped_reasons", data=np.array([r for _, r in skipped], dtype=object), dtype=_str_dtype())
+            mean = s1 / max(total, 1)
+            g.attrs["token_mean"] = mean
+            g.attrs["token_std"] = float(np.sqrt(max(s2 / max(total, 1) - mean * mean, 0.0)))
+            g.attrs["all_finite"] = finite
+            g.attrs["num_images"] = len(kept)
+            g.attrs["num_columns"] = total_cols
+            g.attrs["complete"] = True
+        f.close()
+    partial.unlink(missing_ok=True)
     _fsync_dir(out.parent)
     return len(kept), skipped
 
@@ -623,6 +636,9 @@ def tokenize_folder(
                     task.update(completed=done, img_per_s=encoded / max(time.perf_counter() - t0, 1e-9))
                     if on_commit is not None:
                         on_commit(done)
+        except OSError as exc:  # disk full, permissions, I/O errors while writing
+            f.close()
+            raise WriteError(f"writing {partial} failed: {_first_line(exc)}; what was committed is kept, rerun to resume") from exc
         except BaseException:
             f.close()  # the committed prefix stays resumable
             raise
@@ -636,6 +652,9 @@ def tokenize_folder(
             num_images, skipped = _finalize(f, partial, out)
         except OSError as exc:
             raise WriteError(f"could not finish {out}: {_first_line(exc)}; rerun to resume") from exc
+        finally:
+            if f:  # still open when finalising failed; the partial file stays resumable
+                f.close()
     all_skipped = [(p, w) for p, w in scan_skipped] + skipped
     with open_latents(out) as lf:
         columns = lf.num_columns
@@ -678,6 +697,7 @@ def _encode_group(tokenizer, rel_paths, root: Path, indices, load, load_kw, H, c
             part = idx[s : s + batch_size]
             x = torch.stack([images[i] for i in part]).to(device=device, dtype=torch.float32)
             # Encode the flipped images themselves: tokens of a mirror image are not flipped tokens.
+            # float32 even on CUDA (no autocast): these values are stored and reused for every epoch.
             z = tokenizer.encode(torch.cat([x, x.flip(-1)])).float().cpu().numpy()
             b = len(part)
             for j, i in enumerate(part):

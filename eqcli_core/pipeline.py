@@ -396,35 +396,20 @@ def prepare_image(image, height: int, column_width: int) -> np.ndarray:
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """An image file (or '-' for stdin) -> RGB uint8 (H, W, 3); BadInputError if unreadable."""
-    import io as _io
     import sys
+    import tempfile
 
-    from PIL import Image, UnidentifiedImageError
+    from .data.images import load_rgb  # the shared robust loader (EXIF, modes, bomb guard)
 
     if str(path) == "-":
         data = sys.stdin.buffer.read()
         if not data:
             raise BadInputError("no image data on stdin")
-        try:
-            with Image.open(_io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise BadInputError(f"stdin does not hold a readable image: {exc}") from exc
-    try:
-        from .data.images import load_rgb  # shared robust loader, when present
-
-        img = load_rgb(path)
-        return img if isinstance(img, np.ndarray) else np.asarray(img.convert("RGB"))
-    except ImportError:
-        pass
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"image not found: {p}")
-    try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise BadInputError(f"{p} is not a readable image: {exc}") from exc
+        with tempfile.NamedTemporaryFile(suffix=".img") as fh:  # same checks as for files
+            fh.write(data)
+            fh.flush()
+            return np.array(load_rgb(fh.name))
+    return np.array(load_rgb(path))
 
 
 def seam_ratio(image: np.ndarray, seams: Sequence[int]) -> float:

@@ -121,6 +121,7 @@ def _iter_columns(model, labels, batch, num_columns, cfg, cfg_schedule, steps, t
             return current["ctx"]
 
         caches = model.new_caches()
+        t_table = model.head.time_table(steps, device)  # the Euler grid is the same for every column
         prefix = None if prefix_tokens is None else prefix_tokens.to(device, torch.float32) * scale
         prev = None  # last column (scaled), duplicated for the two guidance halves
         col = 0
@@ -133,7 +134,7 @@ def _iter_columns(model, labels, batch, num_columns, cfg, cfg_schedule, steps, t
                 else:
                     noise = _noise(generator, batch, C, device, temperature)
                     s = guidance_scale(cfg, cfg_schedule, col, num_columns, model.config.train_length) if guided else None
-                    token = model.head.sample(z, noise, steps, cfg=s)
+                    token = model.head.sample(z, noise, steps, cfg=s, t_table=t_table)
                     yield token / scale
                 prev = torch.cat([token, token]) if guided else token
                 col += 1

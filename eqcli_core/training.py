@@ -437,7 +437,9 @@ class _Trainer:
         self.train_ds = LatentDataset(c.latents, length, split="train", val_fraction=c.val_fraction, mirror=c.mirror, seed=c.seed)
         self.val_ds = LatentDataset(c.latents, length, split="val", val_fraction=c.val_fraction, mirror=False, seed=c.seed)
         if len(self.train_ds) == 0:
-            raise LatentFileError(f"{c.latents} has no training items (after holding out {c.val_fraction:.0%} for validation)")
+            raise LatentFileError(f"{c.latents} has no training items: {getattr(self.train_ds, 'num_too_narrow', 0)} training images are "
+                                  f"narrower than the {length}-column crop and {c.val_fraction:.0%} are held out for validation",
+                                  hint="tokenize wider images, or train a preset with a shorter train_length (--set '{\"train_length\": 8}')")
         self.class_names = list(self.train_ds.class_names)
         self.fingerprint = self.train_ds.fingerprint
         if saved is not None and saved.get("latent_fingerprint") != self.fingerprint:

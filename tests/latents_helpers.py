@@ -1,4 +1,4 @@
-"""Helpers for the latent-file tests: a tiny image folder, a tiny tokenizer, a loader."""
+"""Helpers for the latent-file tests: a tiny image folder and a tiny (fake) tokenizer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from eqcli_core.errors import BadInputError
 from eqcli_core.io import state_dict_hash
 
 HEIGHT, CW = 8, 4
@@ -27,35 +26,6 @@ def make_folder(root: Path, images=IMAGES, broken: bool = True) -> Path:
     if broken:  # an undecodable file in the last class folder
         (root / images[-1][0] / "zz_broken.png").write_bytes(b"not a png")
     return root
-
-
-def fallback_scan(root):
-    root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    samples, skipped = [], []
-    for y, c in enumerate(classes):
-        for p in sorted((root / c).iterdir()):
-            samples.append((str(p), y))
-    return samples, classes, skipped
-
-
-def fallback_load(path, height, column_width, max_width=None):
-    try:
-        im = Image.open(path).convert("RGB")
-    except Exception as exc:
-        raise BadInputError(f"cannot decode {path}: {exc}") from exc
-    w = max(column_width, round(im.width * height / im.height / column_width) * column_width)
-    arr = np.asarray(im.resize((w, height), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def scan_and_load():
-    """The project's ImageFolder reader when it exists, else the fallbacks above."""
-    try:
-        from eqcli_core.data.images import load_for_tokenize, scan_image_folder
-        return scan_image_folder, load_for_tokenize
-    except ImportError:
-        return fallback_scan, fallback_load
 
 
 @dataclass

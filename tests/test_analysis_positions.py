@@ -116,6 +116,16 @@ def test_sequences_natural_and_mirror_tiled(tmp_path):
         assert found
     toks, _, kinds = build_sequences(ds, 12, 4, fill="require", seed=0)
     assert toks.shape[0] == 2 and set(kinds) == {"natural"}
+    # distance of every token to its source image's nearest edge; mirror seams count as edges
+    _, _, kinds2, dist = build_sequences(ds, 12, 4, fill="mirror", seed=0, return_columns=True)
+    assert dist.shape == (4, 12)
+    for k, d in zip(kinds2, dist):
+        if k == "mirror-tiled":  # widths 7 or 9: image [0, w), then its mirror image
+            w = 7 if d[6] == 0 and d[7] == 0 else 9
+            expect = torch.tensor([min(c % w, w - 1 - c % w) for c in range(12)])
+            assert torch.equal(d, expect)
+        else:
+            assert d.min() >= 0 and (d[1:] - d[:-1]).abs().max() <= 1
 
 
 def _run(capsys, *argv):
@@ -142,9 +152,13 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert doc["lengths"][0]["mean_beyond_train_length"] is None and doc["lengths"][1]["mean_beyond_train_length"] > 0
     assert plot.stat().st_size > 1000
 
-    # the library call gives the same numbers (fixed noise: fully deterministic)
-    again = analyze_positions(ckpt, lat, PositionsConfig(lengths=(2,), num=3, t_draws=2, val_fraction=0.5))
+    # the library call gives the same numbers (fixed noise: fully deterministic); with edge 0 the
+    # interior curve is the plain one, with a larger edge it averages fewer tokens
+    again = analyze_positions(ckpt, lat, PositionsConfig(lengths=(2,), num=3, t_draws=2, val_fraction=0.5, edge=0))
     assert np.allclose(again["lengths"][0]["per_position"], doc["lengths"][1]["per_position"])
+    assert np.allclose(again["lengths"][0]["per_position_interior"], doc["lengths"][1]["per_position"])
+    inner = doc["lengths"][2]["per_position_interior"]
+    assert len(inner) == 4 * T and any(v is not None for v in inner)
 
 
 def test_learned_positions_skip_lengths_beyond_the_table(tmp_path):

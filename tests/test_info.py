@@ -16,9 +16,9 @@ from eqcli_core.io import save_checkpoint, state_dict_hash
 from eqcli_core.latents import open_latents, tokenize_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from latents_helpers import FakeTokenizer, make_folder, scan_and_load  # noqa: E402
+from latents_helpers import FakeTokenizer, make_folder  # noqa: E402
 
-SCAN, LOAD = scan_and_load()
+from eqcli_core.data.images import load_for_tokenize as LOAD, scan_image_folder as SCAN  # noqa: E402
 
 
 def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
@@ -36,7 +36,7 @@ def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
 def latent_file(tmp_path_factory):
     data = make_folder(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("lat") / "latents.h5"
-    tokenize_folder(FakeTokenizer().eval(), data, out, scan=SCAN, load=LOAD, commit_every=4)
+    tokenize_folder(FakeTokenizer().eval(), data, out, commit_every=4)
     return out
 
 
@@ -65,7 +65,7 @@ def test_info_partial_latents(tmp_path, capsys):
         raise Stop
 
     with pytest.raises(Stop):
-        tokenize_folder(FakeTokenizer().eval(), data, tmp_path / "l.h5", commit_every=3, on_commit=stop, scan=SCAN, load=LOAD)
+        tokenize_folder(FakeTokenizer().eval(), data, tmp_path / "l.h5", commit_every=3, on_commit=stop)
     code, doc, _ = run_cli(capsys, "info", str(tmp_path / "l.h5.partial"), "--json")
     assert code == 0 and doc["kind"] == "latents-partial" and doc["files_done"] == 3 and doc["files_total"] == 9
 
@@ -129,17 +129,10 @@ def test_models_lists_manifest(tmp_path, capsys):
     assert code == 0 and isinstance(doc["models"], list)
 
 
-def test_tokenize_cli_end_to_end(tmp_path, capsys, monkeypatch):
+def test_tokenize_cli_end_to_end(tmp_path, capsys):
     """A saved tiny tokenizer checkpoint, through `eqimg tokenize`, gives its own encode() values."""
     from eqcli_core.tokenizer import TOKENIZER_PRESETS, build_tokenizer, load_tokenizer, save_tokenizer
 
-    try:
-        import eqcli_core.data.images  # noqa: F401
-    except ImportError:  # until the project's image reader exists, stand in for it
-        import eqcli_core.latents as latents_mod
-
-        real = latents_mod.tokenize_folder
-        monkeypatch.setattr(latents_mod, "tokenize_folder", lambda *a, **k: real(*a, scan=SCAN, load=LOAD, **k))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # shared 2-core machine: two threads spin
     try:
@@ -147,7 +140,7 @@ def test_tokenize_cli_end_to_end(tmp_path, capsys, monkeypatch):
         fp = save_tokenizer(build_tokenizer(TOKENIZER_PRESETS["tiny"]), ckpt)
         tok = load_tokenizer(ckpt)
         h = tok.height
-        data = make_folder(tmp_path / "data", images=[("a", "x.png", h // 2), ("a", "y.png", h), ("b", "z.png", h // 2)])
+        data = make_folder(tmp_path / "data", images=[("a", "x.png", 4), ("a", "y.png", 8), ("b", "z.png", 4)])
         out = tmp_path / "l.h5"
         code, doc, _ = run_cli(capsys, "tokenize", "--tokenizer", str(ckpt), "--data", str(data), "--out", str(out),
                                "--dtype", "float32", "--batch", "2", "--device", "cpu", "--json")

@@ -19,13 +19,13 @@ from eqcli_core.errors import BadInputError, LatentFileError, UsageError
 from eqcli_core.latents import LatentDataset, open_latents, tokenize_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from latents_helpers import CW, HEIGHT, IMAGES, FakeConfig, FakeTokenizer, make_folder, real_tiny_tokenizer, scan_and_load  # noqa: E402
+from latents_helpers import CW, IMAGES, FakeConfig, FakeTokenizer, make_folder, real_tiny_tokenizer  # noqa: E402
 
-SCAN, LOAD = scan_and_load()
+from eqcli_core.data.images import load_for_tokenize as LOAD, scan_image_folder as SCAN  # noqa: E402
 
 
 def _tok(tmp_path, **kw):
-    return dict(scan=SCAN, load=LOAD, **kw)
+    return dict(**kw)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def latents(folder, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("lat") / "latents.h5"
-    res = tokenize_folder(tokenizer, folder, out, scan=SCAN, load=LOAD, batch_size=2, commit_every=3)
+    res = tokenize_folder(tokenizer, folder, out, batch_size=2, commit_every=3)
     return out, res
 
 
@@ -66,8 +66,8 @@ def test_round_trip_matches_encode_of_image_and_mirror(folder, tmp_path, which, 
     tok = FakeTokenizer().eval() if which == "fake" else real_tiny_tokenizer()
     if tok is None:
         pytest.skip("the project tokenizer is not available yet")
-    if which == "real":  # the real tokenizer has its own height; make a folder for it
-        folder = make_folder(tmp_path / "data_real", images=[("a", "x.png", tok.height // 2), ("b", "y.png", tok.height)], broken=False)
+    if which == "real":  # widths are given at height 8: aspect 1 and 1.5
+        folder = make_folder(tmp_path / "data_real", images=[("a", "x.png", 8), ("b", "y.png", 12)], broken=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: two intra-op threads spin and run ~50x slower
     try:
@@ -78,7 +78,7 @@ def test_round_trip_matches_encode_of_image_and_mirror(folder, tmp_path, which, 
 
 def _check_round_trip(tok, folder, tmp_path, which, dtype, atol):
     out = tmp_path / "l.h5"
-    res = tokenize_folder(tok, folder, out, dtype=dtype, batch_size=3, commit_every=4, scan=SCAN, load=LOAD)
+    res = tokenize_folder(tok, folder, out, dtype=dtype, batch_size=3, commit_every=4)
     samples, classes, _ = SCAN(folder)
     with open_latents(out, expected_fingerprint=tok.fingerprint) as lf:
         assert lf.class_names == classes and lf.dtype == dtype
@@ -124,11 +124,11 @@ def test_resume_after_interruption_equals_uninterrupted(latents, folder, tokeniz
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        tokenize_folder(tokenizer, folder, out, batch_size=2, commit_every=3, on_commit=stop_after_two, scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, folder, out, batch_size=2, commit_every=3, on_commit=stop_after_two)
     assert not out.exists() and (tmp_path / "l.h5.partial").exists()
     with pytest.raises(LatentFileError, match="unfinished"):
         open_latents(tmp_path / "l.h5.partial")
-    res = tokenize_folder(tokenizer, folder, out, batch_size=2, commit_every=3, scan=SCAN, load=LOAD)
+    res = tokenize_folder(tokenizer, folder, out, batch_size=2, commit_every=3)
     assert res.resumed_from == 6 and res.images == 8
     assert not (tmp_path / "l.h5.partial").exists()
     _assert_same_file(ref, out)
@@ -141,19 +141,19 @@ def test_resume_refuses_other_tokenizer_or_listing(folder, tokenizer, tmp_path):
         raise Interrupt
 
     with pytest.raises(Interrupt):
-        tokenize_folder(tokenizer, folder, out, commit_every=3, on_commit=stop, scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, folder, out, commit_every=3, on_commit=stop)
     other = FakeTokenizer(FakeConfig(seed=1))
     with pytest.raises(LatentFileError, match=f"made by tokenizer {tokenizer.fingerprint} but the given tokenizer is {other.fingerprint}"):
-        tokenize_folder(other, folder, out, commit_every=3, scan=SCAN, load=LOAD)
+        tokenize_folder(other, folder, out, commit_every=3)
     with pytest.raises(LatentFileError, match="another file list"):
-        tokenize_folder(tokenizer, folder, out, commit_every=3, dtype="float32", scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, folder, out, commit_every=3, dtype="float32")
     data2 = tmp_path / "data2"
     shutil.copytree(folder, data2)
     make_folder(data2, images=[("lake", "new.png", 16)], broken=False)
     with pytest.raises(LatentFileError, match="another file list"):
-        tokenize_folder(tokenizer, data2, out, commit_every=3, scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, data2, out, commit_every=3)
     # the partial file is untouched by the refusals and still resumes
-    assert tokenize_folder(tokenizer, folder, out, commit_every=3, scan=SCAN, load=LOAD).resumed_from == 3
+    assert tokenize_folder(tokenizer, folder, out, commit_every=3).resumed_from == 3
 
 
 def test_open_latents_refuses_other_tokenizer(latents, tokenizer):
@@ -164,16 +164,16 @@ def test_open_latents_refuses_other_tokenizer(latents, tokenizer):
 
 def test_bad_arguments(folder, tokenizer, tmp_path, latents):
     with pytest.raises(UsageError, match="already exists"):
-        tokenize_folder(tokenizer, folder, latents[0], scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, folder, latents[0])
     with pytest.raises(UsageError):
-        tokenize_folder(tokenizer, folder, tmp_path / "x.h5", dtype="int8", scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, folder, tmp_path / "x.h5", dtype="int8")
     with pytest.raises(BadInputError):
-        tokenize_folder(tokenizer, tmp_path / "missing", tmp_path / "x.h5", scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, tmp_path / "missing", tmp_path / "x.h5")
     only_broken = tmp_path / "broken"
     (only_broken / "c").mkdir(parents=True)
     (only_broken / "c" / "x.png").write_bytes(b"junk")
     with pytest.raises(BadInputError):
-        tokenize_folder(tokenizer, only_broken, tmp_path / "y.h5", scan=SCAN, load=LOAD)
+        tokenize_folder(tokenizer, only_broken, tmp_path / "y.h5")
     assert not (tmp_path / "y.h5").exists() and not (tmp_path / "y.h5.partial").exists()
 
 
@@ -263,12 +263,11 @@ def test_dataloader_with_two_workers(latents):
 _KILL_CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
-    from latents_helpers import FakeTokenizer, scan_and_load
+    from latents_helpers import FakeTokenizer
     from eqcli_core.latents import tokenize_folder
-    scan, load = scan_and_load()
     def mark(done):
         open({marker!r}, "a").write(f"{{done}}\\n")
-    tokenize_folder(FakeTokenizer().eval(), {data!r}, {out!r}, batch_size=2, commit_every=1, scan=scan, load=load, on_commit=mark)
+    tokenize_folder(FakeTokenizer().eval(), {data!r}, {out!r}, batch_size=2, commit_every=1, on_commit=mark)
 """)
 
 
@@ -278,7 +277,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     data = make_folder(tmp_path / "data", images=images, broken=False)
     tok = FakeTokenizer().eval()
     ref = tmp_path / "ref.h5"
-    tokenize_folder(tok, data, ref, commit_every=7, scan=SCAN, load=LOAD)
+    tokenize_folder(tok, data, ref, commit_every=7)
     out, marker = tmp_path / "out" / "l.h5", tmp_path / "marker"
     script = _KILL_CHILD.format(tests=str(Path(__file__).parent), marker=str(marker), data=str(data), out=str(out))
     rng = np.random.default_rng(0)
@@ -294,6 +293,6 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
         assert proc.wait() == -signal.SIGKILL, "the child finished before it could be killed"
         assert not out.exists() and out.with_name("l.h5.partial").exists()
         progress.append(len(marker.read_text().split()))
-    res = tokenize_folder(tok, data, out, batch_size=2, commit_every=1, scan=SCAN, load=LOAD)
+    res = tokenize_folder(tok, data, out, batch_size=2, commit_every=1)
     assert 0 < res.resumed_from < 60
     _assert_same_file(ref, out)

@@ -256,3 +256,26 @@ def test_seam_ratio():
     step[:, 32:] = (step[:, 32:].astype(int) + 80).clip(0, 255).astype(np.uint8)
     assert seam_ratio(step, [32]) > 5 * seam_ratio(img, [32])
     assert 0.2 < seam_ratio(img, [32]) < 5
+
+
+# ----------------------------------------------------------------------------- official release layout
+
+def test_official_fixture_models(official_dir):
+    official = pytest.importorskip("eqcli_core.official_generator")
+    from eqcli_core.tokenizer.official import convert_release_tokenizer
+
+    tok = convert_release_tokenizer(official_dir / "release_tokenizer.ckpt").eval()
+    gen = official.convert_release_generator(official_dir / "release_generator.pth").eval()
+    check_pair(gen, tok)
+    assert tok.decode_context is None and tok.column_width == 4 and tok.height == 32
+    res = generate_image(gen, tok, SampleConfig(width=48, num=1, seed=0, classes="4", cfg=3.0))
+    assert res.images.shape == (1, 32, 48, 3)
+    # the streamed decode of a short image (one window) is the whole decode of the same tokens
+    toks = sample_tokens(gen, torch.tensor([4]), 12, cfg=3.0, cfg_schedule="linear", generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = to_uint8(tok.decode(toks))
+    assert np.abs(ref.astype(int) - res.images.astype(int)).max() <= 1
+    img = _photo(32, 40)
+    out = outpaint(gen, tok, img, SampleConfig(width=80, seed=0, classes="2"), direction="both")
+    assert np.array_equal(out.image[:, out.original_x[0]:out.original_x[1]], img)
+    assert np.isfinite(out.seam_ratio)

@@ -72,11 +72,17 @@ def test_run_dir_guards(tmp_path):
         train_tokenizer(tmp_path / "nowhere", tmp_path / "t", train_config=_cfg(), model_config=_mini(), steps=1)
 
 
-def test_all_loss_terms_and_bad_files(tmp_path):
+def _mini_ldm() -> TokenizerConfig:
+    return TokenizerConfig(arch="ldm", height=32, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                           len_down_scale=4, z_channels=4, token_dim=8)
+
+
+@pytest.mark.parametrize("arch", ["fast", "ldm"])
+def test_all_loss_terms_and_bad_files(tmp_path, arch):
     data = tmp_path / "data"
     _write_images(data, 10, 32, 48)
     (data / "c0" / "broken.png").write_bytes(b"\x89PNG garbage")
-    s = train_tokenizer(data, tmp_path / "run", model_config=_mini(), steps=3,
+    s = train_tokenizer(data, tmp_path / "run", model_config=_mini() if arch == "fast" else _mini_ldm(), steps=2,
                         train_config=_cfg(perceptual=True, perceptual_every=1, perceptual_size=32, feature_align=True, gan_start=1))
     assert s["perceptual"] and s["feature_align"] and s["gan"]
     assert np.isfinite(s["psnr"])

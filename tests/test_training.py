@@ -117,10 +117,7 @@ def len_train(latents) -> int:
 
 def test_sigterm_finishes_step_checkpoints_and_resumes_exactly(latents, tmp_path):
     full = train_generator(cfg(latents, tmp_path / "full", steps=5, val_every=0))
-    seen = []
-
     def send_sigterm(step, metrics):  # a real signal, delivered during training
-        seen.append(step)
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -286,3 +283,27 @@ def test_cli_kill9_then_resume_matches_uninterrupted(latents, tmp_path):
     res = train_generator(train_config_from_args(latents=str(latents), out=str(tmp_path / "k"), resume=True, steps=12))
     assert res["start_step"] == killed_at and res["step"] == 12
     assert_same_tensors(state(tmp_path / "full")["model"], state(tmp_path / "k")["model"])
+
+
+def test_cli_in_process_json_resume_and_bad_flag(latents, tmp_path, capsys):
+    from eqcli.main import main
+    from eqcli_core.generator import load_generator
+
+    def run(argv) -> int:
+        with pytest.raises(SystemExit) as exc:  # typer exits even on success
+            main(argv)
+        return exc.value.code
+
+    out = str(tmp_path / "cli")
+    args = ["train", "--latents", str(latents), "--out", out, "--batch", "8", "--micro-batch", "4", "--lr", "0.002",
+            "--val-fraction", "0.2", "--val-every", "0", "--device", "cpu", "--set", json.dumps(TINY), "--json"]
+    assert run([*args, "--steps", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["step"] == 2 and doc["stopped"] == "steps" and doc["peak_lr"] == 0.002
+    assert run(["train", "--latents", str(latents), "--out", out, "--resume", "--steps", "3", "--json"]) == 0  # saved settings
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["start_step"] == 2 and doc["step"] == 3 and doc["peak_lr"] == 0.002
+    gen = load_generator(doc["generator"])
+    assert gen.class_names == ["dark", "light"] and gen.config.token_dim == C and gen.config.depth == 1
+    assert run([*args, "--out", str(tmp_path / "bad"), "--steps", "2", "--loss-mask", "9"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "usage_error"

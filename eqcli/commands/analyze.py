@@ -81,6 +81,7 @@ def positions(
     t_draws: int = typer.Option(8, "--t-draws", min=1, help="Flow times per token (midpoint rule on [0,1])."),
     fill: str = typer.Option("mirror", "--fill", help="Held-out images narrower than a length: 'mirror' (extend by reflection) or 'require' (skip them)."),
     val_fraction: float = typer.Option(0.05, "--val-fraction", help="Held-out fraction; use the value the generator was trained with."),
+    edge: int = typer.Option(2, "--edge", min=0, help="'Interior' numbers leave out tokens within this many columns of a source image's edge (or a mirror seam)."),
     batch: int = typer.Option(8, "--batch", min=1, help="Sequences per forward pass."),
     seed: int = typer.Option(0, "--seed", help="Seed for the crops and the fixed noise."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -96,7 +97,7 @@ def positions(
     from eqcli_core.device import pick_device
 
     cfg = PositionsConfig(lengths=_parse_int_list(lengths, "--lengths"), num=num, t_draws=t_draws, batch=batch, seed=seed,
-                          fill=fill, val_fraction=val_fraction)
+                          fill=fill, val_fraction=val_fraction, edge=edge)
     reporter = RichReporter(quiet=json_output)
     doc = analyze_positions(generator, latents, cfg, device=pick_device(device), reporter=reporter)
     plot = plot or Path("positions.png")
@@ -109,7 +110,7 @@ def positions(
         return
     print_table(
         f"Held-out loss per position (training length {doc['train_length']}, window {doc['window']}, {doc['position']} positions, {doc['held_out_images']} held-out images)",
-        ["length", "tokens", "seqs", "mean", "CV", "CV (full ctx)", "mean <= train", "mean beyond", "data"],
+        ["length", "tokens", "seqs", "mean", "CV", "interior mean", "interior CV (full ctx)", "interior <= train", "interior beyond", "data"],
         summary_rows(doc),
     )
     reporter.log(f"plot written to {plot}")

@@ -12,11 +12,7 @@ def info(
 ) -> None:
     """Describe a checkpoint or latent file without running it.
 
-    Checkpoints (tokenizer, generator, training states): kind, config, parameter counts, class
-    names, step and tokenizer fingerprint. Latent files: images, columns, classes, widths, dtype,
-    tokenizer fingerprint and format version (an interrupted run's .partial file shows its
-    progress). Files of the official release are recognised and described too. Files are read
-    weights-only: nothing in them can run.
+    Checkpoints (tokenizer, generator, training states): kind, config, parameter counts, class names, step and tokenizer fingerprint. Latent files: images, columns, classes, widths, dtype, tokenizer fingerprint and format version (an interrupted run's .partial file shows its progress). Files of the official release are recognised and described too. Files are read weights-only: nothing in them can run.
     """
     from eqcli.ui import emit, err_console, print_json, print_table
     from eqcli_core.inspect import describe

@@ -21,11 +21,7 @@ def tokenize(
 ) -> None:
     """Encode every image, and its horizontal mirror image, into column latents (HDF5).
 
-    Images keep their aspect ratio (resized to the tokenizer's height), so each yields as many
-    tokens as it has columns. The file records the tokenizer's fingerprint, so training refuses
-    latents made by another tokenizer. The run commits every --commit-every images; after an
-    interruption (even kill -9) the same command resumes where it stopped. Unreadable images are
-    skipped and listed.
+    Images keep their aspect ratio (resized to the tokenizer's height), so each yields as many tokens as it has columns. The file records the tokenizer's fingerprint, so training refuses latents made by another tokenizer. The run commits every --commit-every images; after an interruption (even kill -9) the same command resumes where it stopped. Unreadable images are skipped and listed.
     """
     from eqcli.ui import RichReporter, emit
     from eqcli_core.device import pick_device

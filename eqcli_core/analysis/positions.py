@@ -39,6 +39,7 @@ class PositionsConfig:
     seed: int = 0
     fill: str = "mirror"      # narrow images: "mirror" (reflect) | "require" (skip them)
     val_fraction: float = 0.05  # must match training to hold the same images out
+    edge: int = 2             # "interior" numbers leave out tokens this close to an image edge (or mirror seam)
 
 
 # ----------------------------------------------------------------------------- the measurement
@@ -81,15 +82,17 @@ def fixed_noise(shape: tuple, seed: int, device) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- data
 
-def build_sequences(ds, length: int, num: int, *, fill: str = "mirror", seed: int = 0):
+def build_sequences(ds, length: int, num: int, *, fill: str = "mirror", seed: int = 0, return_columns: bool = False):
     """`num` token sequences of `length` columns from the split's images (cycled).
 
-    -> tokens (n, length, C), labels (n,), kinds list ("natural" | "mirror-tiled"). Deterministic."""
+    -> tokens (n, length, C), labels (n,), kinds list ("natural" | "mirror-tiled"); with
+    `return_columns` also the distance in columns of every token from its source image's nearest
+    edge (n, length) (mirror seams are image edges too). Deterministic."""
     if fill not in ("mirror", "require"):
         raise UsageError(f"fill must be 'mirror' or 'require', not {fill!r}")
     rng = np.random.default_rng([int(seed), int(length), 0x905])
     order = rng.permutation(ds.num_images)
-    seqs, labels, kinds = [], [], []
+    seqs, labels, kinds, dists = [], [], [], []
     for i in order:
         if len(seqs) == num:
             break
@@ -97,6 +100,7 @@ def build_sequences(ds, length: int, num: int, *, fill: str = "mirror", seed: in
         if w >= length:
             start = int(rng.integers(0, w - length + 1))
             seqs.append(ds.image_tokens(int(i))[start:start + length])
+            cols = torch.arange(start, start + length)
             kinds.append("natural")
         elif fill == "mirror":
             parts, n, flip = [], 0, False
@@ -105,27 +109,41 @@ def build_sequences(ds, length: int, num: int, *, fill: str = "mirror", seed: in
                 n += w
                 flip = not flip
             seqs.append(torch.cat(parts)[:length])
+            cols = torch.arange(length) % w
             kinds.append("mirror-tiled")
         else:
             continue
+        dists.append(torch.minimum(cols, w - 1 - cols))
         labels.append(ds.image_label(int(i)))
     if not seqs:
-        return None, None, []
-    return torch.stack(seqs).float(), torch.tensor(labels, dtype=torch.long), kinds
+        return (None, None, [], None) if return_columns else (None, None, [])
+    out = (torch.stack(seqs).float(), torch.tensor(labels, dtype=torch.long), kinds)
+    return out + (torch.stack(dists),) if return_columns else out
 
 
-def _summary(per: list[float], train_length: int, window: int | None) -> dict:
-    a = np.asarray(per, dtype=np.float64)
+def _summary(per: list, train_length: int, window: int | None, prefix: str = "") -> dict:
+    """Mean / CV over positions (None entries = no data there are ignored)."""
+    a = np.asarray([np.nan if v is None else v for v in per], dtype=np.float64)
     ctx = (window or 0) + 1  # positions before this lack a full attention window of image tokens
     inside, beyond = a[:train_length], a[train_length:]
     full = a[ctx:] if len(a) > ctx else a
+
+    def cv(x):
+        x = x[np.isfinite(x)]
+        return float(x.std() / x.mean()) if len(x) > 1 and x.mean() else None
+
+    def mean(x):
+        x = x[np.isfinite(x)]
+        return float(x.mean()) if len(x) else None
+
+    within, out = mean(inside), mean(beyond)
     return {
-        "mean": float(a.mean()),
-        "cv": float(a.std() / a.mean()) if a.mean() else None,
-        "cv_full_context": float(full.std() / full.mean()) if full.mean() else None,
-        "mean_within_train_length": float(inside.mean()),
-        "mean_beyond_train_length": float(beyond.mean()) if len(beyond) else None,
-        "beyond_over_within": float(beyond.mean() / inside.mean()) if len(beyond) and inside.mean() else None,
+        prefix + "mean": mean(a),
+        prefix + "cv": cv(a),
+        prefix + "cv_full_context": cv(full),
+        prefix + "mean_within_train_length": within,
+        prefix + "mean_beyond_train_length": out,
+        prefix + "beyond_over_within": out / within if out is not None and within else None,
     }
 
 
@@ -170,12 +188,14 @@ def analyze_positions(generator, latents: str | os.PathLike, cfg: PositionsConfi
                 results.append({"multiple": mult, "length": L, "skipped": f"learned absolute positions stop at {gc.max_length} columns"})
                 task.advance(1)
                 continue
-            toks, labels, kinds = build_sequences(ds, L, cfg.num, fill=cfg.fill, seed=cfg.seed)
+            toks, labels, kinds, dist = build_sequences(ds, L, cfg.num, fill=cfg.fill, seed=cfg.seed, return_columns=True)
             if toks is None:
                 results.append({"multiple": mult, "length": L, "skipped": f"no held-out image is {L} columns wide (use fill=mirror)"})
                 task.advance(1)
                 continue
             sums = torch.zeros(L, dtype=torch.float64)
+            inner = dist >= cfg.edge                                                # (n,L) away from image edges
+            isums = torch.zeros(L, dtype=torch.float64)
             for b0 in range(0, toks.shape[0], cfg.batch):
                 x = toks[b0:b0 + cfg.batch].to(device)
                 y = labels[b0:b0 + cfg.batch].to(device)
@@ -184,10 +204,14 @@ def analyze_positions(generator, latents: str | os.PathLike, cfg: PositionsConfi
                 t = t_grid(cfg.t_draws, device)[:, None, None]
                 per = per_position_loss(model, x, y, noise, t)                     # (B,L)
                 sums += per.double().sum(0).cpu()
+                isums += (per.double().cpu() * inner[b0:b0 + cfg.batch]).sum(0)
             per_pos = (sums / toks.shape[0]).tolist()
+            counts = inner.sum(0)
+            per_inner = [float(v / c) if c else None for v, c in zip(isums, counts)]
             results.append({"multiple": mult, "length": L, "sequences": int(toks.shape[0]),
                             "natural": kinds.count("natural"), "mirror_tiled": kinds.count("mirror-tiled"),
-                            "per_position": per_pos, **_summary(per_pos, T, gc.window)})
+                            "per_position": per_pos, **_summary(per_pos, T, gc.window),
+                            "per_position_interior": per_inner, **_summary(per_inner, T, gc.window, "interior_")})
             if toks.shape[0] < cfg.num:
                 warnings.append(f"length {L}: only {toks.shape[0]} of {cfg.num} sequences available")
             task.advance(1)
@@ -200,6 +224,7 @@ def analyze_positions(generator, latents: str | os.PathLike, cfg: PositionsConfi
         "held_out_images": ds.num_images,
         "t_draws": cfg.t_draws,
         "fill": cfg.fill,
+        "edge_columns": cfg.edge,
         "seed": cfg.seed,
         "lengths": results,
         "warnings": warnings,
@@ -210,11 +235,12 @@ def summary_rows(doc: dict) -> list[list]:
     rows = []
     for r in doc["lengths"]:
         if "skipped" in r:
-            rows.append([f"{r['multiple']}x", r["length"], 0, "-", "-", "-", "-", "-", r["skipped"]])
+            rows.append([f"{r['multiple']}x", r["length"], 0, "-", "-", "-", "-", "-", "-", r["skipped"]])
             continue
-        rows.append([f"{r['multiple']}x", r["length"], r["sequences"], r["mean"], r["cv"], r["cv_full_context"],
-                     r["mean_within_train_length"], r["mean_beyond_train_length"] if r["mean_beyond_train_length"] is not None else "-",
-                     f"{r['natural']} natural, {r['mirror_tiled']} mirror-tiled"])
+        d = lambda v: "-" if v is None else v  # noqa: E731
+        rows.append([f"{r['multiple']}x", r["length"], r["sequences"], r["mean"], d(r["cv"]), d(r["interior_mean"]),
+                     d(r["interior_cv_full_context"]), d(r["interior_mean_within_train_length"]),
+                     d(r["interior_mean_beyond_train_length"]), f"{r['natural']} natural, {r['mirror_tiled']} mirror-tiled"])
     return rows
 
 
@@ -230,12 +256,14 @@ def plot_positions(doc: dict, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for r in sorted(doc["lengths"], key=lambda r: -r["length"]):  # long first, short ones on top
         if "per_position" in r:
-            ax.plot(range(r["length"]), r["per_position"], lw=1.2, label=f"{r['multiple']}x ({r['length']} tokens)")
+            line, = ax.plot(range(r["length"]), [np.nan if v is None else v for v in r["per_position_interior"]], lw=1.2,
+                            label=f"{r['multiple']}x ({r['length']} tokens)")
+            ax.plot(range(r["length"]), r["per_position"], lw=0.6, ls=":", color=line.get_color(), alpha=0.6)
     ax.axvline(doc["train_length"] - 0.5, color="k", ls="--", lw=0.8, label="training length")
     ax.set_xlabel("token position (column)")
     ax.set_ylabel("held-out flow-matching loss")
     kind = "windowed+RoPE" if doc["position"] == "rope" and doc["window"] is not None else f"window={doc['window']}, {doc['position']} positions"
-    ax.set_title(f"Per-position loss ({kind}; {doc['t_draws']} t draws/token)")
+    ax.set_title(f"Per-position loss ({kind}; {doc['t_draws']} t/token); solid: >= {doc['edge_columns']} cols from image edges, dotted: all", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -301,7 +301,7 @@ def train_tokenizer(
             percep = PerceptualLoss(feat_net, tc.perceptual_size)
         store: dict = {}
         if tc.feature_align and feat_net is not None:
-            dec_mod = model.decoder.levels[-1] if mc.arch == "fast" else model.decoder.mid
+            dec_mod = model.decoder.levels[-1] if mc.arch == "fast" else model.decoder.mid.block_2
             dec_ch = mc.ch * mc.ch_mult[-1]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(tc.seed + 2)
@@ -317,7 +317,7 @@ def train_tokenizer(
             disc_opt = torch.optim.AdamW(disc.parameters(), lr=tc.lr * 0.5, betas=(0.5, 0.9))
         ema = EMA(model, tc.ema_rate)
         gens = {"data": torch.Generator().manual_seed(tc.seed), "noise": torch.Generator(device=dev).manual_seed(tc.seed + 1)}
-        step, best_psnr, history = 0, -1.0, []
+        step, best_psnr, history, prev_seconds = 0, -1.0, [], 0.0
         if doc is not None:
             try:
                 model.load_state_dict(doc["model"])
@@ -332,6 +332,7 @@ def train_tokenizer(
             except (KeyError, ValueError, RuntimeError) as exc:
                 raise CheckpointError(f"{state_path} does not match this run's settings: {str(exc).splitlines()[0][:300]}") from exc
             step, best_psnr, history = int(doc["step"]), float(doc.get("best_psnr", -1.0)), list(doc.get("history", []))
+            prev_seconds = float(doc.get("train_seconds", 0.0))
             reporter.log(f"resumed {out} at step {step}")
 
         eval_model = ColumnTokenizer(mc).to(dev).eval()
@@ -354,6 +355,7 @@ def train_tokenizer(
                 "disc": disc.state_dict() if disc is not None else None,
                 "disc_optimizer": disc_opt.state_dict() if disc_opt is not None else None,
                 "step": step, "best_psnr": best_psnr, "history": history, "rng": _rng_state(gens),
+                "train_seconds": prev_seconds + (time.monotonic() - t0),
             }
             if last_val is not None and last_val["psnr"] > best_psnr:
                 best_psnr = last_val["psnr"]
@@ -381,7 +383,10 @@ def train_tokenizer(
                     break
                 if minutes is not None and elapsed >= minutes * 60:
                     break
-                progress = max(step / steps if steps else 0.0, elapsed / (minutes * 60) if minutes else 0.0)
+                # time progress spans sessions: a resumed run with --minutes M is treated as if it had
+                # been planned for (time already trained + M), so the LR does not jump back to its peak
+                t_all = prev_seconds + elapsed
+                progress = max(step / steps if steps else 0.0, t_all / (prev_seconds + minutes * 60) if minutes else 0.0)
                 lr = _lr_at(step, progress, tc)
                 for g in opt.param_groups:
                     g["lr"] = lr
