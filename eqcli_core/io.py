@@ -188,7 +188,12 @@ class OutputLock:
 
 def require_multiple(value: int, multiple: int, what: str = "width") -> None:
     """Clear error naming the nearest valid values."""
-    if value <= 0 or value % multiple:
-        lo = max(multiple, (value // multiple) * multiple)
-        hi = lo + multiple if lo >= value else lo
-        raise UsageError(f"{what} {value} is not a positive multiple of the column width {multiple}; nearest valid {what}s: {lo} or {hi}" if lo != hi else f"{what} {value} is not a positive multiple of {multiple}; try {lo}")
+    if value > 0 and value % multiple == 0:
+        return
+    below = (value // multiple) * multiple
+    above = below + multiple
+    options = [v for v in (below, above) if v > 0] or [multiple]
+    raise UsageError(
+        f"{what} {value} is not a positive multiple of the column width {multiple}; "
+        f"nearest valid {what}{'s' if len(options) > 1 else ''}: {' or '.join(map(str, options))}"
+    )

@@ -275,7 +275,16 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None
     if env:
         return find_inception_weights(env)
     cached = Path("/tmp") / INCEPTION_FILENAME
-    return cached if cached.is_file() else None
+    # /tmp is shared: only trust a cached archive this user owns and others cannot rewrite
+    try:
+        st = cached.stat()
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    return cached
 
 
 class InceptionExtractor(FeatureExtractor):
@@ -294,8 +303,12 @@ class InceptionExtractor(FeatureExtractor):
             # A torchscript archive is code, not just weights: only load files the user names.
             self.model = torch.jit.load(str(p), map_location=self.device).eval()
             self.layers = self.model.layers
-        except (RuntimeError, ValueError, AttributeError) as exc:
-            raise EqimgError(f"{p} is not clean-fid's torchscript Inception-v3 ({str(exc).splitlines()[0][:160]})") from exc
+        except Exception as exc:  # a pickle, a truncated zip, another model: all refused the same way
+            from .errors import CheckpointError
+
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{p} was refused: it is not clean-fid's TorchScript Inception-v3 archive, and eqimg runs no "
+                                  f"other code or pickles ({first})") from exc
         self.resize = make_resizer("PIL", False, "bicubic", (299, 299))  # clean-fid "clean" mode
 
     @torch.no_grad()

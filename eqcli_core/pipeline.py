@@ -545,6 +545,19 @@ def _class_doc(gen, class_ids: Sequence[int]) -> list[str]:
     return [_class_name(gen, int(c)) for c in class_ids]
 
 
+def _write_stdout(data: bytes, stdout=None) -> str:
+    """Write bytes to stdout; a reader that went away (`| head`) is a clean stop, not an error."""
+    import sys
+
+    try:
+        out = stdout or sys.stdout.buffer
+        out.write(data)
+        out.flush()
+        return "done"
+    except BrokenPipeError:
+        return "broken_pipe"
+
+
 def run_sample(config: SampleConfig, *, generator_path=None, tokenizer_path=None, device="cpu", output: str | None = None,
                stream: str | None = None, save_tokens: str | None = None, reporter: Reporter = SILENT, stdout=None) -> dict:
     """`eqimg sample`: load models, generate, write PNG (`-` = stdout), tiles or raw frames; a summary dict.
@@ -574,12 +587,12 @@ def run_sample(config: SampleConfig, *, generator_path=None, tokenizer_path=None
     if stream is None:
         res = generate_image(gen, tok, config, device=device, reporter=reporter, save_tokens=save_tokens)
         grid = res.grid
+        stopped = "done"
         if output == "-":
-            out = stdout or sys.stdout.buffer
-            out.write(encode_png(grid))
-            out.flush()
+            stopped = _write_stdout(encode_png(grid), stdout)
         else:
             save_png(grid, output)
+        doc["stopped"] = stopped
         doc.update(path=str(output), width=int(grid.shape[1]), height=int(res.images.shape[1]), grid_height=int(grid.shape[0]),
                    seconds=round(res.seconds, 3), columns_per_s=round(res.columns_per_s, 2),
                    classes=_class_doc(gen, res.class_ids), regions=res.regions,
@@ -630,8 +643,6 @@ def run_sample(config: SampleConfig, *, generator_path=None, tokenizer_path=None
 def run_outpaint(image: str, config: SampleConfig, *, direction: str = "right", generator_path=None, tokenizer_path=None,
                  device="cpu", output: str = "-", blend_columns: int = 2, reporter: Reporter = SILENT, stdout=None) -> dict:
     """`eqimg outpaint`: load the image (`-` = stdin), continue it, write the PNG; a summary dict."""
-    import sys
-
     device = torch.device(device)
     if not config.width or config.width <= 0:
         raise UsageError(f"--width must be a positive multiple of the column width (got {config.width})")
@@ -640,13 +651,12 @@ def run_outpaint(image: str, config: SampleConfig, *, direction: str = "right", 
     img = load_image(image)
     gen, tok = load_models(generator_path, tokenizer_path, device)
     res = outpaint(gen, tok, img, config, direction=direction, blend_columns=blend_columns, device=device, reporter=reporter)
+    stopped = "done"
     if output == "-":
-        out = stdout or sys.stdout.buffer
-        out.write(encode_png(res.image))
-        out.flush()
+        stopped = _write_stdout(encode_png(res.image), stdout)
     else:
         save_png(res.image, output)
-    return {"path": str(output), "input": str(image), "width": int(res.image.shape[1]), "height": int(res.image.shape[0]),
+    return {"path": str(output), "stopped": stopped, "input": str(image), "width": int(res.image.shape[1]), "height": int(res.image.shape[0]),
             "original_x": list(res.original_x), "direction": direction, "seams": res.seams, "seam_ratio": round(res.seam_ratio, 4),
             "class": _class_name(gen, res.class_id), "seed": int(config.seed), "cfg": float(config.cfg),
             "seconds": round(res.seconds, 3), "peak_memory_mb": round(peak_memory_mb(device), 1)}

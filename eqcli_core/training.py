@@ -481,6 +481,11 @@ class _Trainer:
             module = DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                          find_unused_parameters=True)  # label dropout / masks can leave a parameter unused
         self.ddp = module
+        if c.compile:
+            import torch._inductor.config as inductor_config
+
+            # draw noise/t/dropout with the eager RNG, so compiled runs keep the seeding scheme above
+            inductor_config.fallback_random = True
         self.fwd = torch.compile(module) if c.compile else module
 
         self.micro = min(c.micro_batch, c.batch)
@@ -651,7 +656,7 @@ class _Trainer:
                 window["n"] += 1
                 metrics = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm}
                 if info.is_main:
-                    bar.advance(1, loss=loss, lr=lr)
+                    bar.advance(1, loss=loss, lr=lr, gnorm=gnorm)
                     if self.step % c.log_every == 0:
                         dt = time.monotonic() - window["t"]
                         tok_per_s = window["n"] * self.tokens_per_step / max(dt, 1e-9)

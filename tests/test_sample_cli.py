@@ -166,3 +166,13 @@ def test_interrupt_ends_stream_cleanly(ckpts, capsys, tmp_path, monkeypatch):
     assert names == [f"tile_{i:06d}.png" for i in range(doc["tiles"])]  # complete tiles only, no temp files
     for n in names:
         assert np.asarray(Image.open(d / n)).shape == (32, 32, 3)
+
+
+def test_no_bundled_models_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    import eqcli_core.generator as generator
+    import eqcli_core.tokenizer as tokenizer
+
+    monkeypatch.setattr(tokenizer, "BUNDLED_TOKENIZER", tmp_path / "missing_tokenizer.pt")
+    monkeypatch.setattr(generator, "BUNDLED_GENERATOR", tmp_path / "missing_generator.pt")
+    code, _, err = run(["sample", "--class", "0", "-o", str(tmp_path / "x.png")], capsys)
+    assert code == 4 and "bundled" in err and "Traceback" not in err

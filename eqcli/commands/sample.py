@@ -91,6 +91,8 @@ def outpaint(
     doc = run_outpaint(image, config, direction=direction, generator_path=generator, tokenizer_path=tokenizer,
                        device=pick_device(device), output=output, blend_columns=blend_columns, reporter=RichReporter(quiet=json_output))
     if output == "-":
+        if doc.get("stopped") == "broken_pipe":
+            _silence_stdout()
         RichReporter().log("wrote the PNG to stdout", seam_ratio=doc["seam_ratio"])
         return
     emit(doc, json_output=json_output, title="outpaint")
