@@ -31,6 +31,12 @@ def describe(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"file not found: {path}")
     if _is_hdf5(path):
         return _describe_latents(path)
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf", ".partial"):
+        # named as a latent file but not HDF5: say so (exit 5) instead of trying it as a checkpoint
+        from .errors import LatentFileError
+
+        what = "empty (0 bytes)" if path.stat().st_size == 0 else "not a readable HDF5 latent file (truncated or corrupt?)"
+        raise LatentFileError(f"{path} is {what}")
     try:
         doc = load_raw(path)
     except EqimgError:

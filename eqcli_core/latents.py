@@ -384,6 +384,11 @@ class TokenizeResult:
         return asdict(self)
 
 
+def _storable(name: str) -> str:
+    """A file name as valid UTF-8 text (undecodable bytes become \\xNN escapes)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
@@ -579,6 +584,10 @@ def tokenize_folder(
     for p, why in list(scan_skipped)[:5]:
         reporter.warn(f"skipped {p}: {why}")
     rel_paths = [os.path.relpath(p, data_dir) for p, _ in samples]
+    # HDF5 strings must be valid UTF-8: non-UTF-8 file names are stored with \xNN escapes
+    # (rel_paths keeps the real names for loading)
+    stored_paths = [_storable(p) for p in rel_paths]
+    class_names = [_storable(c) for c in class_names]
     labels = np.array([int(y) for _, y in samples], dtype=np.int64)
     cw, C, H = int(tokenizer.column_width), int(tokenizer.token_dim), int(tokenizer.height)
     fingerprint = getattr(tokenizer, "fingerprint", None) or state_dict_hash(tokenizer.state_dict())
@@ -592,7 +601,7 @@ def tokenize_folder(
         "height": H,
         "dtype": dtype,
         "created_by": f"eqimg {_version()}",
-        "listing_hash": _listing_hash(rel_paths, labels, class_names, {"dtype": dtype, "max_width": max_width, "height": H, "cw": cw}),
+        "listing_hash": _listing_hash(stored_paths, labels, class_names, {"dtype": dtype, "max_width": max_width, "height": H, "cw": cw}),
     }
     load_kw = {} if max_width is None else {"max_width": max_width}
     device = next((p.device for p in tokenizer.parameters()), torch.device("cpu")) if hasattr(tokenizer, "parameters") else torch.device("cpu")
@@ -609,7 +618,7 @@ def tokenize_folder(
             if prev is not None:
                 _check_resume(prev, header, partial)
             try:
-                f = _create_partial(partial, header, rel_paths, labels, class_names, C, dtype, prev=prev)
+                f = _create_partial(partial, header, stored_paths, labels, class_names, C, dtype, prev=prev)
             except OSError as exc:
                 raise WriteError(f"could not write {partial}: {_first_line(exc)}") from exc
         finally:
@@ -629,7 +638,7 @@ def tokenize_folder(
                     stop = min(n, done + commit_every)
                     results, skips = _encode_group(tokenizer, rel_paths, data_dir, range(done, stop), load, load_kw, H, cw, dtype, batch_size, device)
                     for i, why in skips:
-                        reporter.warn(f"skipped {rel_paths[i]}: {why}")
+                        reporter.warn(f"skipped {stored_paths[i]}: {why}")
                     cols = _commit(f, results, skips, done, stop, cols, C)
                     encoded += len(results)
                     done = stop

@@ -23,8 +23,8 @@ import torch
 from .errors import BadInputError, EqimgError, UsageError
 from .progress import SILENT, Reporter
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 INCEPTION_FILENAME = "inception-2015-12-05.pt"  # clean-fid's file name
+MIN_TILE = 16  # images smaller than this on a side are skipped: their tiles carry no measurable content
 INCEPTION_ENV = "EQIMG_INCEPTION_WEIGHTS"
 STATS_FORMAT = "eqimg-fid-stats"
 MAX_STORED_FEATURES = 10000  # stats files keep raw features (float16) up to this many, for KID
@@ -103,17 +103,8 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
 
 # ----------------------------------------------------------------------------- images -> tiles
 
-def _pil_load_rgb(path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-try:  # the data module's loader (EXIF, modes, clear errors)
-    from .data.images import load_rgb as _load_rgb  # type: ignore
-except ImportError:  # TODO: drop this PIL fallback once eqcli_core.data.images.load_rgb is always present
-    _load_rgb = _pil_load_rgb
+from .data.images import IMAGE_EXTENSIONS as IMAGE_SUFFIXES  # noqa: E402  (the same files as every other command)
+from .data.images import load_rgb as _load_rgb  # noqa: E402  (EXIF, 16-bit, palettes, bombs: one clear error)
 
 
 def _as_uint8_hwc(img) -> np.ndarray:
@@ -178,6 +169,8 @@ def _iter_tiles(items: Sequence, reporter: Reporter, skipped: list[str]) -> Iter
         if isinstance(item, (str, os.PathLike)):
             try:
                 img = _as_uint8_hwc(_load_rgb(item))
+                if min(img.shape[:2]) < MIN_TILE:  # e.g. a 100000x1 strip would give 100000 1-px tiles
+                    raise BadInputError(f"{min(img.shape[:2])} px on its short side; tiles need at least {MIN_TILE} px")
             except Exception as exc:  # any unreadable file (truncated, not an image, bomb...) is skipped and counted
                 skipped.append(str(item))
                 reporter.warn(f"skipping {item}: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}")
@@ -307,7 +300,7 @@ class InceptionExtractor(FeatureExtractor):
             from .errors import CheckpointError
 
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{p} was refused: it is not clean-fid's TorchScript Inception-v3 archive, and eqimg runs no "
+            raise CheckpointError(f"{p} was refused: it is not clean-fid's torchscript Inception-v3 archive, and eqimg runs no "
                                   f"other code or pickles ({first})") from exc
         self.resize = make_resizer("PIL", False, "bicubic", (299, 299))  # clean-fid "clean" mode
 

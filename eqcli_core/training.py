@@ -479,7 +479,7 @@ class _Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             module = DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                         find_unused_parameters=True)  # label dropout / masks can leave a parameter unused
+                         find_unused_parameters=False)  # every parameter is in the graph (the null class via torch.where, masked positions with weight 0)
         self.ddp = module
         if c.compile:
             import torch._inductor.config as inductor_config

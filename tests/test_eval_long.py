@@ -125,6 +125,8 @@ def test_cli_end_to_end_landscapes(ckpts, tmp_path, capsys):
     assert [r["tiles"] for r in b] == [3, 3, 6, 12] and doc["equal_n"] == 3
     assert doc["classes"] == NAMES and doc["train_width_px"] == H and b[-1]["end_x_train"] == 8
     assert all(r["fd"] is not None and r["fd"] >= 0 for r in b)
+    assert b[0]["fd"] == pytest.approx(b[0]["fd_all_tiles"]) and b[0]["fd_subset_std"] == 0  # n == equal_n: one subset
+    assert b[-1]["fd_subset_std"] > 0
     assert b[-1]["kid_mean"] is not None and b[0]["kid_mean"] is None  # KID needs >= 10 tiles
     assert doc["real_floor_fd"] is not None and doc["comparable_with_published_fid"] is False
     assert plot.stat().st_size > 1000

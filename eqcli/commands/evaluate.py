@@ -63,6 +63,7 @@ def long(
     buckets: int = typer.Option(6, "--buckets", min=1, help="Distance buckets."),
     spacing: str = typer.Option("log", "--spacing", help="Bucket spacing: log (1, 2, 4, ... tiles) or linear."),
     real_tiles: int = typer.Option(512, "--real-tiles", min=4, help="Real reference tiles (at most)."),
+    fd_subsets: int = typer.Option(20, "--fd-subsets", min=1, help="Equal-count FD: mean over this many random subsets of a larger bucket."),
     cfg: float = typer.Option(3.0, "--cfg", help="Classifier-free guidance scale."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Flow steps per token (default: the generator's)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
@@ -81,7 +82,7 @@ def long(
     from eqcli_core.device import pick_device
 
     lc = LongConfig(width=width, num=num, buckets=buckets, spacing=spacing, class_name=class_name, cfg=cfg, steps=steps,
-                    temperature=temperature, batch=batch, real_tiles=real_tiles, seed=seed)
+                    temperature=temperature, batch=batch, real_tiles=real_tiles, fd_subsets=fd_subsets, seed=seed)
     reporter = RichReporter(quiet=json_output)
     doc = evaluate_long(generator, tokenizer, lc, real=real, real_landscapes=real_landscapes, device=pick_device(device), reporter=reporter)
     plot = plot or Path("long.png")

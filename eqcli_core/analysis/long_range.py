@@ -7,7 +7,7 @@ and real tiles, in EfficientNet-Lite0 feature space (offline; NOT comparable wit
 
 Fair comparison across buckets: FD is biased upward by small sample counts, and log-spaced
 buckets hold very different numbers of tiles. So `fd` uses the same number of tiles in every
-bucket (a seeded random subset of size `equal_n` = the smallest bucket), against one fixed real
+bucket (the mean over seeded random subsets of size `equal_n` = the smallest bucket's count), against one fixed real
 reference set; `fd_all_tiles` uses every tile of the bucket. `real_floor_fd` is the FD of
 `equal_n` held-out real tiles against the same reference: what a perfect generator would score.
 KID (unbiased) is given when a bucket has at least `kid_min` tiles.
@@ -47,6 +47,7 @@ class LongConfig:
     batch: int | None = None        # images sampled together (None: all of one class)
     real_tiles: int = 512           # real reference tiles (at most)
     kid_min: int = 10               # KID only for buckets with at least this many tiles
+    fd_subsets: int = 20            # equal-n FD: mean over this many random subsets of a larger bucket
     feature_batch: int = 32
     seed: int = 0
 
@@ -239,13 +240,16 @@ def evaluate_long(generator, tokenizer, cfg: LongConfig, *, real: str | os.PathL
     for (a, b), n in zip(spans, counts):
         sel = np.nonzero((tile_idx >= a) & (tile_idx < b))[0]
         f = fake[sel]
-        sub = f[rng.choice(len(f), equal_n, replace=False)] if equal_n >= 2 else None
+        # equal-n FD: average over random subsets (one when the bucket has exactly equal_n tiles)
+        reps = 1 if n == equal_n else cfg.fd_subsets
+        fds = [fd_ref(f[rng.choice(n, equal_n, replace=False)]) for _ in range(reps)] if equal_n >= 2 else []
         end_px = b * H if b < n_tiles else cfg.width
         row = {
             "start_px": a * H, "end_px": end_px,
             "start_x_train": a * H / train_px, "end_x_train": end_px / train_px,
             "tiles": n,
-            "fd": fd_ref(sub) if sub is not None else None,
+            "fd": float(np.mean(fds)) if fds else None,
+            "fd_subset_std": float(np.std(fds)) if fds else None,
             "fd_all_tiles": fd_ref(f) if n >= 2 else None,
             "kid_mean": None, "kid_std": None,
         }
@@ -311,8 +315,12 @@ def plot_long(doc: dict, path: str | os.PathLike) -> None:
     if ks:
         ax.errorbar([k[0] for k in ks], [k[1] for k in ks], yerr=[k[2] for k in ks], fmt="-o", color="C2", capsize=3)
     ax.set_ylabel("KID (EfficientNet-Lite0)")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("distance from the left edge (training widths, bucket centre)")
         ax.grid(True, alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
