@@ -41,7 +41,7 @@ from torch import nn
 from .device import autocast, pick_device
 from .distributed import DistInfo, all_reduce_sum, setup, spawn_local, teardown
 from .ema import EMA
-from .errors import CheckpointError, EqimgError, LatentFileError, TrainingDivergedError, UsageError
+from .errors import CheckpointError, EqimgError, LatentFileError, ResourceError, TrainingDivergedError, UsageError
 from .io import OutputLock, atomic_path, config_from_dict, load_checkpoint, save_checkpoint
 from .lr import SCHEDULES, lr_at, scaled_lr
 from .progress import SILENT, Reporter
@@ -148,8 +148,11 @@ def parse_loss_mask(spec: str | None, length: int) -> torch.Tensor | None:
 def _check_config(c: TrainConfig, world: int) -> None:
     if not c.latents:
         raise UsageError("no latent file given (--latents)")
-    if not Path(c.latents).is_file():
-        raise UsageError(f"latent file not found: {c.latents}")
+    if not Path(c.latents).is_file():  # a latent-file problem: exit 5 (docs/cli.md), like a damaged one
+        what = "is a directory, not a latent file" if Path(c.latents).is_dir() else "not found"
+        raise LatentFileError(f"latent file {what}: {c.latents}", hint="make one with `eqimg tokenize --data DIR --out FILE.h5`")
+    if not os.access(c.latents, os.R_OK):
+        raise LatentFileError(f"latent file is not readable (permission denied): {c.latents}")
     if not c.out:
         raise UsageError("no output directory given (--out)")
     if c.steps is None and c.minutes is None:
@@ -400,6 +403,44 @@ def _deterministic(on: bool, device: torch.device):
         torch.use_deterministic_algorithms(before)
 
 
+def estimate_train_bytes(gcfg, per_rank: int, micro: int) -> int:
+    """Rough peak bytes of one step: activations kept for backward of one micro-batch (transformer:
+    micro x (train_length + class_tokens) x width x depth x ~(4 + 2 mlp_ratio + 4) floats; flow head:
+    micro x train_length x diffusion_batch_mul x head_width x head_depth x ~8 floats) plus the
+    rank's latent crops (float32, mirrored copy and stacked batch: x3). Order of magnitude only:
+    meant to refuse absurd requests up front, not to fit a budget tightly."""
+    T, K = gcfg.train_length, gcfg.class_tokens
+    acts = micro * (T + K) * gcfg.width * gcfg.depth * (8 + 2 * gcfg.mlp_ratio)
+    head = micro * T * gcfg.diffusion_batch_mul * gcfg.head_width * gcfg.head_depth * 8
+    crops = 3 * per_rank * T * gcfg.token_dim
+    return int(4 * (acts + head + crops))
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory where the activations live: GPU free memory, else MemAvailable (/proc/meminfo)."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # noqa: BLE001 - unknown: no guard
+            return None
+    from .pipeline import available_memory_bytes
+
+    return available_memory_bytes()
+
+
+def check_train_memory(gcfg, per_rank: int, micro: int, device: torch.device, *, available: int | None = None) -> int:
+    """Refuse (ResourceError, exit 6) a batch whose estimate exceeds the free memory, before any
+    batch is assembled (a huge --batch would otherwise spend minutes and then die of OOM)."""
+    need = estimate_train_bytes(gcfg, per_rank, micro)
+    avail = available_bytes(device) if available is None else available
+    if avail is not None and need > 0.9 * avail:
+        raise ResourceError(
+            f"a training step with batch {per_rank} per process and micro-batch {micro} would need about "
+            f"{need / 2**20:,.0f} MiB on {device.type}, but only {avail / 2**20:,.0f} MiB are available",
+            hint="lower --micro-batch (gradients are accumulated, the result is the same) and/or --batch")
+    return need
+
+
 class _Trainer:
     def __init__(self, config: TrainConfig, device: torch.device, info: DistInfo, reporter: Reporter, before_step, after_step):
         self.c, self.device, self.info, self.reporter = config, device, info, reporter
@@ -455,6 +496,7 @@ class _Trainer:
         elif gcfg.token_dim != self.train_ds.token_dim:
             raise LatentFileError(f"{c.latents} has {self.train_ds.token_dim}-dim tokens but the run's generator expects {gcfg.token_dim}")
         self.gcfg = gcfg
+        check_train_memory(gcfg, c.batch // self.info.world, min(c.micro_batch, c.batch), self.device)
         self.mask = parse_loss_mask(c.loss_mask, gcfg.train_length)
         if self.mask is not None:
             self.mask = self.mask.to(self.device)
@@ -472,6 +514,11 @@ class _Trainer:
             self.step = int(saved["step"])
             self._set_rng(saved.get("rng", {}))
             self.last_good = (self.step, self.state_path)
+            threads = saved.get("num_threads")
+            if threads is not None and int(threads) != torch.get_num_threads() and self.device.type == "cpu" and self.info.is_main:
+                self.reporter.warn(f"this run was checkpointed with {threads} torch thread(s), now {torch.get_num_threads()}: "
+                                   f"training continues correctly but not bit-identically to an uninterrupted run "
+                                   f"(set OMP_NUM_THREADS={threads} for that)")
         self.start_step = self.step
 
         module = _LossModule(self.model)
@@ -544,6 +591,9 @@ class _Trainer:
             "class_names": self.class_names,
             "latent_fingerprint": self.fingerprint,
             "world_size": self.info.world,
+            # CPU kernels split reductions by thread: another count changes the float sums (~1e-4 after
+            # a few steps), so bit-exact resume needs the same count (docs/training.md)
+            "num_threads": torch.get_num_threads(),
         }
         save_checkpoint(payload, self.state_path, kind="generator-train-state")
         self.last_good = (self.step, self.state_path)

@@ -150,3 +150,20 @@ def test_cli_real_dir_and_errors(ckpts, tmp_path, capsys):
     assert _run(capsys, *base, "--width", 3 * H, "--real", real, "--real-landscapes")[0] == 2  # two references
     assert _run(capsys, *base, "--width", 3 * H, "--real-landscapes", "--class", "cats")[0] == 2
     assert _run(capsys, *base, "--width", 3 * H, "--real", tmp_path / "nothing")[0] == 3
+
+
+def test_cli_refuses_absurd_width_up_front(ckpts, tmp_path, capsys):
+    import time
+
+    gen, tok = ckpts
+    base = ["eval", "long", "--generator", gen, "--tokenizer", tok, "--real-landscapes", "--device", "cpu",
+            "--plot", tmp_path / "p.png", "--json"]
+    t0 = time.monotonic()
+    code, out = _run(capsys, *base, "--width", 4_000_000_000)
+    assert code == 2 and time.monotonic() - t0 < 5.0, out
+    doc = json.loads(out)
+    assert "--max-width" in doc["message"] and "--max-width" in doc["hint"], doc
+    # the limit is the flag's: a lower one refuses an ordinary width as well
+    code, out = _run(capsys, *base, "--width", 3 * H, "--max-width", 2 * H)
+    assert code == 2 and "--max-width" in json.loads(out)["message"]
+    assert not (tmp_path / "p.png").exists()

@@ -1,6 +1,7 @@
 """Damaged or foreign latent files: one clear line and exit code 5 from every command that reads them."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -143,8 +144,6 @@ def test_other_tokenizers_latents_are_refused(env, tmp_path, capsys):
 
 
 
-@pytest.mark.xfail(strict=False, reason="eqcli_core/analysis/positions.py (owned by a colleague) only warns when the generator "
-                   "was trained on another tokenizer's latents; the numbers it then prints are meaningless")
 def test_positions_refuses_other_tokenizers_latents(env, tmp_path, capsys):
     from eqcli_core.generator import save_generator
     from test_pipeline import NAMES, tiny_generator
@@ -155,3 +154,27 @@ def test_positions_refuses_other_tokenizers_latents(env, tmp_path, capsys):
                               "--plot", tmp_path / "p.png", "--json"], capsys)
     assert_no_traceback(err)
     assert code == 5, err[-1500:]
+    from eqcli_core.latents import open_latents
+
+    with open_latents(env["good"]) as lf:
+        file_fp = lf.fingerprint
+    msg = json_error(out)["message"]
+    assert "0" * 16 in msg and str(file_fp) in msg, msg  # both fingerprints are named
+    assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "unreadable"])
+def test_train_missing_or_unreadable_latents_exit_5(env, tmp_path, capsys, case):
+    lat = tmp_path / "nope.h5"
+    if case == "directory":
+        lat.mkdir()
+    elif case == "unreadable":
+        if os.geteuid() == 0:
+            pytest.skip("root reads any file")
+        shutil.copy(env["good"], lat)
+        lat.chmod(0)
+    code, out, err = run_cli(["train", "--latents", lat, "--out", tmp_path / "run", *TRAIN, "--json"], capsys)
+    assert code == 5, (case, code, err[-2000:])
+    assert json_error(out)["error"] == "bad_latent_file"
+    assert len(error_lines(err)) == 1
+    assert_no_traceback(err)

@@ -199,11 +199,35 @@ def test_too_big_is_refused_up_front(env, tmp_path, capsys, args):
     assert not (tmp_path / "big.png").exists()
 
 
-def test_train_batch_too_big_is_refused_up_front(env, tmp_path, capsys):
+def test_train_huge_batch_is_refused_up_front(env, tmp_path, capsys):
+    import time
+
     lat = tmp_path / "lat.h5"
     assert run_cli(["tokenize", "--data", env["data"], "--out", lat, "--tokenizer", env["tok"], "--device", "cpu"], capsys)[0] == 0
-    code, out, err = run_cli(["train", "--latents", lat, "--out", tmp_path / "run", "--steps", 1, "--preset", "paper-H",
-                              "--batch", 4_000_000, "--micro-batch", 4_000_000, "--device", "cpu", "--json"], capsys)
-    assert code in (2, 6), (code, err[-2000:])
-    json_error(out)
+    args = [a for a in TRAIN]
+    i = args.index("--batch")
+    args[i + 1] = args[i + 3] = 4_000_000  # --batch and --micro-batch
+    t0 = time.monotonic()
+    code, out, err = run_cli(["train", "--latents", lat, "--out", tmp_path / "run", "--steps", 1, *args, "--json"], capsys)
+    took = time.monotonic() - t0
+    assert code == 6, (code, err[-2000:])
+    doc = json_error(out)
+    assert "MiB" in doc["message"] and "--micro-batch" in doc["hint"], doc
+    assert took < 2.0, took  # refused before assembling any batch
     assert_no_traceback(err)
+    assert not (tmp_path / "run" / "train_state.pt").exists()
+
+
+def test_train_memory_estimate_scales_and_guards():
+    from eqcli_core.errors import ResourceError
+    from eqcli_core.generator import make_config
+    from eqcli_core.training import check_train_memory, estimate_train_bytes
+
+    g = make_config("tiny", token_dim=8, num_classes=2)
+    small = estimate_train_bytes(g, 32, 32)
+    # the activation part grows with the micro-batch, the crop part with the batch
+    assert estimate_train_bytes(g, 64, 32) > small and estimate_train_bytes(g, 32, 16) < small
+    assert 1 << 20 < small < 1 << 32  # a sane order of magnitude for the tiny preset
+    assert check_train_memory(g, 32, 32, torch.device("cpu"), available=10 * small) == small
+    with pytest.raises(ResourceError, match="MiB"):
+        check_train_memory(g, 32, 32, torch.device("cpu"), available=small // 2)

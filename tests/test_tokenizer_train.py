@@ -123,3 +123,30 @@ def test_cli_train_and_reconstruct(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["reconstruct", str(tmp_path / "narrow.png"), "--tokenizer", str(run / "tokenizer.pt"), "-o", str(out)])
     assert e.value.code == 3
+
+
+def test_held_out_images_are_readable_and_skips_are_counted(tmp_path):
+    from eqcli_core.tokenizer.train import list_images, split_files, usable_files
+
+    data = tmp_path / "data"
+    _write_images(data, 3, 32, 48)
+    (data / "c0" / "text.png").write_text("not a png")
+    (data / "c1" / "half.png").write_bytes((data / "c1" / "1.png").read_bytes()[:60])
+    (data / "c1" / "empty.jpg").write_bytes(b"")
+    (data / "c0" / "narrow.png").write_bytes(b"")
+    Image.fromarray(np.zeros((32, 8, 3), np.uint8)).save(data / "c0" / "narrow.png")  # narrower than the 32 px crop
+    files, scan_skips = list_images(data)
+    assert len(files) == 6 and len(scan_skips) == 1  # the 0-byte file is dropped at scan time
+    ok, bad = usable_files(files, 32, 32)
+    assert sorted(p.name for p in ok) == ["0.png", "1.png", "2.png"] and len(bad) == 3
+    for seed in range(20):  # any seed: the held-out image is one that loads
+        train, val = split_files(ok, 2, seed)
+        assert set(val) <= set(ok) and set(train) | set(val) == set(ok)
+    s = train_tokenizer(data, tmp_path / "run", model_config=_mini(), steps=1, train_config=_cfg(val_every=0))
+    assert s["skipped"] == 4 and s["train_images"] + s["val_images"] == 3
+    # only unusable files: one clear error
+    only_bad = tmp_path / "bad"
+    (only_bad / "c").mkdir(parents=True)
+    (only_bad / "c" / "x.png").write_text("junk")
+    with pytest.raises(BadInputError, match="could be used"):
+        train_tokenizer(only_bad, tmp_path / "run2", model_config=_mini(), steps=1, train_config=_cfg())

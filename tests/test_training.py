@@ -306,3 +306,27 @@ def test_cli_in_process_json_resume_and_bad_flag(latents, tmp_path, capsys):
     assert gen.class_names == ["dark", "light"] and gen.config.token_dim == C and gen.config.depth == 1
     assert run([*args, "--out", str(tmp_path / "bad"), "--steps", "2", "--loss-mask", "9"]) == 2
     assert json.loads(capsys.readouterr().out)["error"] == "usage_error"
+
+
+def test_resume_with_another_thread_count_warns(latents, tmp_path):
+    from eqcli_core.progress import Reporter
+
+    class Record(Reporter):
+        def __init__(self):
+            self.warnings = []
+
+        def warn(self, message: str) -> None:
+            self.warnings.append(message)
+
+    train_generator(cfg(latents, tmp_path / "r", steps=1))
+    assert state(tmp_path / "r")["num_threads"] == torch.get_num_threads() == 1
+    same = Record()
+    train_generator(cfg(latents, tmp_path / "r", steps=2, resume=True), reporter=same)
+    assert not any("thread" in w for w in same.warnings), same.warnings
+    other = Record()
+    torch.set_num_threads(2)
+    try:
+        train_generator(cfg(latents, tmp_path / "r", steps=3, resume=True), reporter=other)
+    finally:
+        torch.set_num_threads(1)
+    assert any("1 torch thread(s), now 2" in w for w in other.warnings), other.warnings

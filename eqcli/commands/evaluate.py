@@ -56,6 +56,7 @@ def long(
     generator: Optional[Path] = typer.Option(None, "--generator", help="Generator checkpoint (default: the bundled one)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer checkpoint (default: the bundled one)."),
     width: int = typer.Option(4096, "--width", min=1, help="Width in px of every generated image."),
+    max_width: int = typer.Option(262144, "--max-width", min=1, help="Refuse a --width above this (generation time grows linearly with it)."),
     real: Optional[Path] = typer.Option(None, "--real", help="Directory of real images (scaled to the generator's height, cut into squares)."),
     real_landscapes: bool = typer.Option(False, "--real-landscapes", help="Real reference: fresh procedural landscape renders of the same classes."),
     class_name: Optional[str] = typer.Option(None, "--class", help="One class for all images (default: the classes in turn)."),
@@ -82,7 +83,8 @@ def long(
     from eqcli_core.device import pick_device
 
     lc = LongConfig(width=width, num=num, buckets=buckets, spacing=spacing, class_name=class_name, cfg=cfg, steps=steps,
-                    temperature=temperature, batch=batch, real_tiles=real_tiles, fd_subsets=fd_subsets, seed=seed)
+                    temperature=temperature, batch=batch, real_tiles=real_tiles, fd_subsets=fd_subsets, seed=seed,
+                    max_width=max_width)
     reporter = RichReporter(quiet=json_output)
     doc = evaluate_long(generator, tokenizer, lc, real=real, real_landscapes=real_landscapes, device=pick_device(device), reporter=reporter)
     plot = plot or Path("long.png")

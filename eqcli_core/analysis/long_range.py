@@ -50,6 +50,7 @@ class LongConfig:
     fd_subsets: int = 20            # equal-n FD: mean over this many random subsets of a larger bucket
     feature_batch: int = 32
     seed: int = 0
+    max_width: int = 262_144        # refuse wider requests up front (time grows linearly: hours to days)
 
 
 def bucket_edges(n_tiles: int, buckets: int, spacing: str = "log") -> list[tuple[int, int]]:
@@ -201,6 +202,10 @@ def evaluate_long(generator, tokenizer, cfg: LongConfig, *, real: str | os.PathL
         raise UsageError("give exactly one real reference: --real DIR or --real-landscapes")
     if cfg.num < 1 or cfg.buckets < 1 or cfg.real_tiles < 4 or cfg.feature_batch < 1:
         raise UsageError("--num and --buckets must be >= 1, --real-tiles >= 4")
+    if cfg.width > cfg.max_width:  # streaming keeps memory flat, but time is linear in the width: refuse before loading anything
+        raise UsageError(f"--width {cfg.width:,} px is over the --max-width limit of {cfg.max_width:,} px: {cfg.num} image(s) of "
+                         f"{cfg.width // cfg.max_width:,}x the limit would take a very long time to generate",
+                         hint=f"use a smaller --width, or raise the limit with --max-width {cfg.width} if you mean it")
     device = torch.device(device)
     gen, tok = _load_mixed(generator, tokenizer, device)
     H, cw = int(tok.height), int(tok.column_width)

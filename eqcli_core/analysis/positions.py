@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BadInputError, UsageError
+from ..errors import BadInputError, LatentFileError, UsageError
 from ..progress import SILENT, Reporter
 
 
@@ -171,14 +171,17 @@ def analyze_positions(generator, latents: str | os.PathLike, cfg: PositionsConfi
     gc = model.config
     T = int(gc.train_length)
     ds = LatentDataset(latents, T, split="val", val_fraction=cfg.val_fraction, mirror=False, seed=cfg.seed)
+    # another tokenizer's tokens give meaningless losses (even when the dims agree): refuse
+    meta = getattr(model, "meta", None) or {}
+    fp = meta.get("latent_fingerprint") or meta.get("tokenizer_fingerprint")
+    if fp and ds.fingerprint and str(fp) != str(ds.fingerprint):
+        raise LatentFileError(f"{Path(latents).name} was made by tokenizer {ds.fingerprint}, but the generator was trained on "
+                              f"latents of tokenizer {fp}", hint="tokenize the data with the generator's tokenizer")
     if ds.token_dim != gc.token_dim:
         raise BadInputError(f"{Path(latents).name} holds {ds.token_dim}-dim tokens but the generator expects {gc.token_dim}")
     if ds.num_images == 0:
         raise BadInputError(f"{Path(latents).name} has no held-out images (val_fraction {cfg.val_fraction}); use a larger file or --val-fraction")
-    fp = (getattr(model, "meta", None) or {}).get("latent_fingerprint")
     warnings = []
-    if fp and fp != ds.fingerprint:
-        warnings.append(f"the generator was trained on latents of tokenizer {fp}, this file is {ds.fingerprint}")
     results = []
     multiples = sorted({int(m) for m in cfg.lengths})
     with reporter.task("per-position loss", total=len(multiples), unit="length") as task:

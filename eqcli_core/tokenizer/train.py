@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from ..data.images import _show, load_rgb, scan_image_folder
 from ..device import autocast, pick_device
 from ..errors import BadInputError, CheckpointError, TrainingDivergedError, UsageError
 from ..io import OutputLock, atomic_path, config_from_dict, load_checkpoint, save_checkpoint
@@ -28,7 +30,6 @@ from . import save_tokenizer
 from .losses import FeatureAligner, PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss, latent_penalty, reconstruction_loss
 from .model import TOKENIZER_PRESETS, ColumnTokenizer, TokenizerConfig, to_pixels
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -59,49 +60,75 @@ class TrainTokenizerConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# data
+# data (files are read by the shared robust loader: EXIF rotation, 16-bit, transparency on white)
 
-def list_images(root: Path) -> list[Path]:
-    if not root.exists():
-        raise BadInputError(f"data directory not found: {root}")
+def list_images(root: Path, reporter: Reporter = SILENT) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files under `root` (recursively, class subfolders allowed), sorted, and the files the
+    scan skipped as [(path, reason)]. Raises BadInputError when the folder has no image files."""
+    root = Path(root)
     if root.is_file():
-        raise BadInputError(f"--data must be a directory of images, got a file: {root}")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        raise BadInputError(f"--data must be a directory of images, got a file: {_show(root)}")
+    samples, _, skipped = scan_image_folder(root)
+    return sorted(Path(p) for p, _ in samples), list(skipped)
 
 
 def _load_rgb(path: Path, height: int) -> np.ndarray | None:
-    """uint8 (H, W, 3) scaled to `height` (aspect kept), or None if unreadable / too narrow."""
-    from PIL import Image
-
+    """uint8 (H, W, 3) scaled to `height` (aspect kept), or None if unreadable."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            if h != height:
-                im = im.resize((max(1, round(w * height / h)), height), Image.BICUBIC)
-            return np.asarray(im)
-    except Exception:  # corrupt or unsupported: skipped with a warning by the caller
+        im = load_rgb(path)
+    except BadInputError:
         return None
+    w, h = im.size
+    if h != height:
+        im = im.resize((max(1, round(w * height / h)), height), Image.BICUBIC)
+    return np.asarray(im)
+
+
+def _scaled_width(im: Image.Image, height: int) -> int:
+    w, h = im.size
+    return max(1, round(w * height / h))
 
 
 class ImageCrops:
-    """Random (or centre) crops of `height` x `width` from a list of image files, as [-1,1] tensors."""
+    """Random (or centre) crops of `height` x `width` from a list of image files, as [-1,1] tensors.
+    `bad` maps file index -> reason for files that failed to load (each is warned about once)."""
 
     def __init__(self, files: list[Path], height: int, width: int, reporter: Reporter = SILENT):
         self.files, self.height, self.width, self.reporter = list(files), height, width, reporter
-        self.bad: set[int] = set()
+        self.bad: dict[int, str] = {}
+
+    def _mark_bad(self, i: int, why: str) -> None:
+        if i not in self.bad:
+            self.bad[i] = why
+            self.reporter.warn(f"skipping {_show(self.files[i])}: {why}")
+
+    def check(self, i: int) -> bool:
+        """Load file i once (no crop): False (and a warning) if it is unreadable or too narrow."""
+        try:
+            im = load_rgb(self.files[i])
+        except BadInputError as exc:
+            self._mark_bad(i, f"unreadable ({exc.message})")
+            return False
+        if _scaled_width(im, self.height) < self.width:
+            self._mark_bad(i, f"narrower than {self.width} px after scaling to height {self.height}")
+            return False
+        return True
 
     def get(self, i: int, gen: torch.Generator | None, flip: bool = False) -> torch.Tensor | None:
-        arr = _load_rgb(self.files[i], self.height)
-        if arr is None or arr.shape[1] < self.width:
-            if i not in self.bad:
-                self.bad.add(i)
-                why = "unreadable" if arr is None else f"narrower than {self.width} px after scaling"
-                self.reporter.warn(f"skipping {self.files[i]}: {why}")
+        try:
+            im = load_rgb(self.files[i])
+        except BadInputError as exc:
+            self._mark_bad(i, f"unreadable ({exc.message})")
             return None
-        w = arr.shape[1]
+        w = _scaled_width(im, self.height)
+        if w < self.width:
+            self._mark_bad(i, f"narrower than {self.width} px after scaling to height {self.height}")
+            return None
         x0 = int(torch.randint(0, w - self.width + 1, (1,), generator=gen)) if gen is not None else (w - self.width) // 2
-        t = torch.from_numpy(arr[:, x0:x0 + self.width].copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+        # resample only the crop window (Pillow's box): a 100000-px panorama costs no more than a square
+        s = im.size[0] / w
+        crop = im.resize((self.width, self.height), Image.BICUBIC, box=(x0 * s, 0, (x0 + self.width) * s, im.size[1]))
+        t = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
         return t.flip(-1) if flip else t
 
     def batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -120,10 +147,23 @@ class ImageCrops:
         return torch.stack(out)
 
 
+def usable_files(files: list[Path], height: int, width: int, reporter: Reporter = SILENT) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Read every file once (before the split, so the held-out images are ones that load):
+    -> (files that give a height x width crop, [(path, reason)] for the rest)."""
+    probe = ImageCrops(files, height, width, reporter)
+    with reporter.task("checking images", total=len(files), unit="img") as task:
+        ok = []
+        for i in range(len(files)):
+            if probe.check(i):
+                ok.append(files[i])
+            task.advance(1)
+    return ok, [(str(files[i]), why) for i, why in probe.bad.items()]
+
+
 def split_files(files: list[Path], val_images: int, seed: int) -> tuple[list[Path], list[Path]]:
     """Deterministic held-out split: a seeded permutation, the first k files are validation."""
     if len(files) < 2:
-        raise BadInputError(f"need at least 2 images (some are held out for validation), found {len(files)}")
+        raise BadInputError(f"need at least 2 readable images (some are held out for validation), found {len(files)}")
     k = max(1, min(val_images, len(files) // 10 or 1))
     perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed + 12345)).tolist()
     return [files[i] for i in perm[k:]], [files[i] for i in perm[:k]]
@@ -260,13 +300,22 @@ def train_tokenizer(
             else:
                 raise UsageError(f"unknown tokenizer preset {tc.preset!r}; choose one of: {', '.join(TOKENIZER_PRESETS)}")
 
-        files = list_images(Path(data))
+        crop_w = tc.crop_width or mc.height
+        files, skipped = list_images(Path(data))
+        for p, why in skipped:
+            reporter.warn(f"skipping {_show(p)}: {why}")
+        files, bad = usable_files(files, mc.height, crop_w, reporter)
+        skipped += bad
         if not files:
-            raise BadInputError(f"no images found under {data} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+            raise BadInputError(f"none of the image files under {_show(data)} could be used ({len(skipped)} skipped)")
         if val_data is not None:  # a separate held-out folder: an evenly spaced, fixed subset of it
-            vfiles = list_images(Path(val_data))
+            vfiles, vskipped = list_images(Path(val_data))
+            for p, why in vskipped:
+                reporter.warn(f"skipping {_show(p)}: {why}")
+            vfiles, vbad = usable_files(vfiles, mc.height, crop_w, reporter)
+            skipped += vskipped + vbad
             if not vfiles:
-                raise BadInputError(f"no images found under {val_data}")
+                raise BadInputError(f"none of the held-out images under {_show(val_data)} could be used")
             k = min(tc.val_images, len(vfiles))
             train_files, val_files = files, [vfiles[i * len(vfiles) // k] for i in range(k)]
         else:
@@ -274,13 +323,12 @@ def train_tokenizer(
         with torch.random.fork_rng(devices=[]):  # reproducible init without touching the caller's RNG
             torch.manual_seed(tc.seed)
             model = ColumnTokenizer(mc).to(dev)
-        crop_w = tc.crop_width or mc.height
         if crop_w % model.column_width:
             raise UsageError(f"crop width {crop_w} is not a multiple of the column width {model.column_width}")
         train_data = ImageCrops(train_files, mc.height, crop_w, reporter)
         val_data = ImageCrops(val_files, mc.height, crop_w, reporter)
         val_list = [t for t in (val_data.get(i, None) for i in range(len(val_files))) if t is not None]
-        if not val_list:
+        if not val_list:  # only if files changed on disk since they were checked
             raise BadInputError("none of the held-out validation images could be read")
         val_x = torch.stack(val_list)
 
@@ -459,6 +507,7 @@ def train_tokenizer(
             "run": str(out), "tokenizer": str(out / "tokenizer.pt"), "steps": step, "session_steps": step - start_step,
             "psnr": v["psnr"], "ssim": v["ssim"], "best_psnr": best_psnr, "token_std": v["token_std"],
             "images_per_s": imgs_s, "train_images": len(train_files), "val_images": int(len(val_x)),
+            "skipped": len(skipped) + len(train_data.bad) + len(val_data.bad),  # files that changed since the check count too
             "perceptual": percep is not None, "feature_align": align is not None, "gan": disc is not None,
         }
 
