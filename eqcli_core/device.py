@@ -1,4 +1,4 @@
-"""Device choice and mixed precision, in one place, so no module calls .cuda()."""
+"""Device choice and mixed precision, in one place, so no module hard-codes a CUDA device."""
 from __future__ import annotations
 
 import contextlib
