@@ -649,5 +649,4 @@ def make_landscapes(out_dir, count: int, height: int, width: int, seed: int = 0,
         }
         with atomic_path(out / "manifest.json") as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-            os.chmod(tmp, 0o644)
     return manifest

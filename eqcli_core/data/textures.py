@@ -8,7 +8,6 @@ left-right with probability 1/2. Crop i of a class depends only on (seed, class,
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -116,5 +115,4 @@ def make_textures(out_dir, count: int, size: int = 128, seed: int = 0, classes=N
         }
         with atomic_path(out / "manifest.json") as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-            os.chmod(tmp, 0o644)
     return manifest
