@@ -79,6 +79,9 @@ class LatentFile:
     def _validate(self) -> None:
         f, name = self._f, self.path.name
         a = f.attrs
+        if a.get("format") == "eqimg-sample-tokens":
+            raise LatentFileError(f"{name} holds sampled tokens (from `eqimg sample --save-tokens`), not a tokenized dataset",
+                                  hint="decode it with `eqimg decode`; training needs `eqimg tokenize` output")
         if a.get("format") != FORMAT:
             raise LatentFileError(f"{name} is an HDF5 file but not an eqimg latent file (format {a.get('format')!r})")
         version = int(a.get("format_version", 0))

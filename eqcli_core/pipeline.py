@@ -25,6 +25,8 @@ from .device import autocast
 from .errors import BadInputError, CheckpointError, ResourceError, UsageError
 from .io import atomic_path, require_multiple
 from .progress import SILENT, Reporter
+from .sample_tokens import FORMAT as SAMPLE_TOKENS_FORMAT
+from .sample_tokens import FORMAT_VERSION as SAMPLE_TOKENS_VERSION
 
 
 @dataclass
@@ -199,8 +201,8 @@ class TokenWriter:
         for k, v in attrs.items():
             if v is not None:
                 self._f.attrs[k] = v
-        self._f.attrs["format"] = "eqimg-sample-tokens"
-        self._f.attrs["format_version"] = 1
+        self._f.attrs["format"] = SAMPLE_TOKENS_FORMAT
+        self._f.attrs["format_version"] = SAMPLE_TOKENS_VERSION
         self._f.attrs["space"] = "tokenizer latent (not scaled)"
 
     def write(self, rows: slice, col0: int, tokens: torch.Tensor) -> None:

@@ -136,7 +136,7 @@ def test_kill_train_tokenizer(env, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_kill_sample_save_tokens(env, tmp_path, capsys):
-    from eqcli_core.latents import open_latents
+    from eqcli_core.sample_tokens import load_sample_tokens
 
     rng = random.Random(3)
     png, h5 = tmp_path / "s.png", tmp_path / "s.h5"
@@ -151,12 +151,14 @@ def test_kill_sample_save_tokens(env, tmp_path, capsys):
             Image.open(png).load()
         if h5.exists():
             try:
-                open_latents(h5).close()
+                tokens = load_sample_tokens(h5).tokens
             except Exception as exc:  # a token file that exists must be complete
                 raise AssertionError(f"trial {trial}: {h5} present but unreadable: {exc}")
+            assert tokens.shape[:2] == (2, 2048 // 4), tokens.shape  # complete: every image, every column
     code, out, err = run_cli(args + ["--seed", 9], capsys)
     assert code == 0, err[-2000:]
     Image.open(png).load()
+    assert load_sample_tokens(h5).tokens.shape[:2] == (2, 2048 // 4)
 
 
 @pytest.mark.slow

@@ -98,6 +98,39 @@ def outpaint(
     emit(doc, json_output=json_output, title="outpaint")
 
 
+def decode(
+    tokens: str = typer.Argument(..., help="Sampled-token file written by `eqimg sample --save-tokens`."),
+    output: str = typer.Option(..., "--output", "-o", help="Output PNG; '-' writes PNG bytes to stdout."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer checkpoint (default: the bundled one)."),
+    index: Optional[int] = typer.Option(None, "--index", "-i", min=0, help="Decode only this image (default: all, stacked vertically)."),
+    decode_overlap: Optional[int] = typer.Option(None, "--decode-overlap", min=0, help="Context tokens per side when decoding in chunks (default as in `eqimg sample`)."),
+    force: bool = typer.Option(False, "--force", help="Decode even if the tokenizer's fingerprint differs from the one that made the tokens."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Decode sampled tokens back into a PNG (the same pixels `eqimg sample` wrote).
+
+    Example:
+      eqimg sample --width 4096 -o pano.png --save-tokens pano.h5
+      eqimg decode pano.h5 -o again.png
+    """
+    from eqcli.ui import RichReporter, emit
+    from eqcli_core.device import pick_device
+    from eqcli_core.errors import UsageError
+    from eqcli_core.sample_tokens import run_decode
+
+    if json_output and output == "-":
+        raise UsageError("--json prints to stdout, which is taken by the PNG ('-o -'); give -o FILE.png")
+    doc = run_decode(tokens, output, tokenizer_path=tokenizer, index=index, force=force, decode_overlap=decode_overlap,
+                     device=pick_device(device), reporter=RichReporter(quiet=json_output))
+    if output == "-":
+        if doc.get("stopped") == "broken_pipe":
+            _silence_stdout()
+        RichReporter().log("wrote the PNG to stdout", images=doc["images"], width=doc["width"])
+        return
+    emit(doc, json_output=json_output, title="decode")
+
+
 def _silence_stdout() -> None:
     """After a closed pipe, point stdout at /dev/null so Python's exit-time flush cannot fail."""
     import os
@@ -113,3 +146,4 @@ def _silence_stdout() -> None:
 def register(app: typer.Typer) -> None:
     app.command("sample")(sample)
     app.command("outpaint")(outpaint)
+    app.command("decode")(decode)
