@@ -86,7 +86,7 @@ def test_kill_train_generator(env, tmp_path, capsys):
     lat = tmp_path / "lat.h5"
     assert run_cli(["tokenize", "--data", env["data"], "--out", lat, "--tokenizer", env["tok"], "--device", "cpu"], capsys)[0] == 0
     ref, run = tmp_path / "ref", tmp_path / "run"
-    steps = 40
+    steps = 100  # long enough (about 2-4 s after the log appears) for the random kills to land mid-run
     # every run in a fresh process with the same environment, so the bitwise comparison is fair
     r = run_sub(["train", "--latents", lat, "--out", ref, "--steps", steps, *TRAIN])
     assert r.returncode == 0, r.stderr[-2000:]
