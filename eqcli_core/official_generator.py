@@ -15,7 +15,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 
 from .errors import BadInputError, CheckpointError, UsageError
 from .generator import EquivariantGenerator, GeneratorConfig, save_generator

@@ -15,6 +15,16 @@ torch.set_num_threads(1)
 os.environ.setdefault("EQIMG_NO_BUNDLED_DOWNLOAD", "1")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts single-threaded, whatever an earlier test set: tiny ops on 2 busy shared
+    cores spend their time spinning with a second intra-op thread (10x slower here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def official_dir() -> Path:
     return OFFICIAL

@@ -41,14 +41,6 @@ def write_latents(path: Path, n_images: int = 24, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(**kw):
     torch.manual_seed(0)
     cfg = make_config("tiny", depth=1, width=32, num_heads=2, head_width=32, head_depth=1, class_tokens=2, train_length=6,

@@ -50,14 +50,6 @@ def tiny_model(seed: int = 0, **kw) -> EquivariantGenerator:
     return g
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model_loss_draws(B, N, m, seed):
     """The noise and t that model.loss draws (eval mode: no label dropout, no RoPE offset)."""
     torch.manual_seed(seed)

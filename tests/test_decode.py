@@ -23,15 +23,6 @@ def _ldm_tok():  # global attention in the decoder's mid block: decode_context i
     return build_tokenizer(cfg).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny ops: 2 threads on 2 busy shared cores spend their time spinning (10x slower here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def fast_tok():
     return _fast_tok()

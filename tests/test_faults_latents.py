@@ -143,7 +143,6 @@ def test_other_tokenizers_latents_are_refused(env, tmp_path, capsys):
     assert partial.exists() and not (tmp_path / "t.h5").exists()  # the interrupted run's work is kept
 
 
-
 def test_positions_refuses_other_tokenizers_latents(env, tmp_path, capsys):
     from eqcli_core.generator import save_generator
     from test_pipeline import NAMES, tiny_generator

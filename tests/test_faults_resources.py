@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch

@@ -12,15 +12,6 @@ from eqcli_core.official_generator import convert_release_generator
 from eqcli_core.sampling import sample_tokens
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: a second intra-op thread only adds synchronisation (15x slower on a loaded machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> EquivariantGenerator:
     cfg = dict(token_dim=8, width=32, depth=1, num_heads=4, num_classes=5, class_tokens=2, head_width=32,
                head_depth=2, train_length=8, sampling_steps=3, diffusion_batch_mul=2)

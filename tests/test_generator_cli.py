@@ -11,14 +11,6 @@ from eqcli_core.generator import load_generator
 from eqcli_core.sampling import sample_tokens
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _run(capsys, *argv) -> tuple[int, str]:
     with pytest.raises(SystemExit) as ei:
         main([str(a) for a in argv])

@@ -18,7 +18,7 @@ from eqcli_core.latents import open_latents, tokenize_folder
 sys.path.insert(0, str(Path(__file__).parent))
 from latents_helpers import FakeTokenizer, make_folder  # noqa: E402
 
-from eqcli_core.data.images import load_for_tokenize as LOAD, scan_image_folder as SCAN  # noqa: E402
+from eqcli_core.data.images import load_for_tokenize as LOAD  # noqa: E402
 
 
 def run_cli(capsys, *args) -> tuple[int, dict | None, str]:

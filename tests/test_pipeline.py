@@ -40,15 +40,6 @@ def tiny_generator(seed=0, token_dim=8):
     return g
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny ops: 2 threads on 2 busy shared cores spend their time spinning (10x slower here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def models():
     return tiny_generator(), tiny_tokenizer()

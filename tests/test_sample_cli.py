@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from eqcli.main import main
@@ -21,14 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_pipeline import NAMES, tiny_generator, tiny_tokenizer  # noqa: E402
 
 EQIMG = [sys.executable, "-m", "eqcli"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

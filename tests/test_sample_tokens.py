@@ -24,14 +24,6 @@ from test_pipeline import NAMES, tiny_generator, tiny_tokenizer  # noqa: E402
 from test_sample_cli import run  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("which,ncols,num,batch", [("local", 1, 1, None), ("local", 50, 2, None), ("local", 70, 3, 2),
                                                    ("global", 2, 1, None), ("global", 75, 2, None), ("global", 40, 3, 2)])
 def test_decoding_saved_tokens_gives_the_sampled_pixels(tmp_path, which, ncols, num, batch):

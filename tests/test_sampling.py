@@ -11,15 +11,6 @@ from eqcli_core.official_generator import convert_release_generator
 from eqcli_core.sampling import guidance_scale, iter_columns, sample_tokens, sample_tokens_recompute
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: a second intra-op thread only adds synchronisation (15x slower on a loaded machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def fixture_model():
     from tests.conftest import OFFICIAL

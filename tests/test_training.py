@@ -115,7 +115,8 @@ def len_train(latents) -> int:
 
 
 def test_sigterm_finishes_step_checkpoints_and_resumes_exactly(latents, tmp_path):
-    full = train_generator(cfg(latents, tmp_path / "full", steps=5, val_every=0))
+    train_generator(cfg(latents, tmp_path / "full", steps=5, val_every=0))
+
     def send_sigterm(step, metrics):  # a real signal, delivered during training
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)

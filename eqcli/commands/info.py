@@ -7,12 +7,12 @@ import typer
 
 
 def info(
-    path: Path = typer.Argument(..., help="A checkpoint (.pt/.ckpt/.pth) or a latent file (.h5)."),
+    path: Path = typer.Argument(..., help="A checkpoint (.pt/.ckpt/.pth), a latent file or a sampled-token file (.h5)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Describe a checkpoint or latent file without running it.
 
-    Checkpoints (tokenizer, generator, training states): kind, config, parameter counts, class names, step and tokenizer fingerprint. Latent files: images, columns, classes, widths, dtype, tokenizer fingerprint and format version (an interrupted run's .partial file shows its progress). Files of the official release are recognised and described too. Files are read weights-only: nothing in them can run.
+    Checkpoints (tokenizer, generator, training states): kind, config, parameter counts, class names, step and tokenizer fingerprint. Latent files: images, columns, classes, widths, dtype, tokenizer fingerprint and format version (an interrupted run's .partial file shows its progress). Sampled-token files (`sample --save-tokens`): images, columns, seed, classes, cfg and tokenizer fingerprint. Files of the official release are recognised and described too. Files are read weights-only: nothing in them can run.
     """
     from eqcli.ui import emit, err_console, print_json, print_table
     from eqcli_core.inspect import describe

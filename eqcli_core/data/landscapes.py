@@ -220,7 +220,6 @@ def _ridge_layer(img, rng, base_y: float, amp: float, period: float, color, haze
     prof = _ridged1d(rng, w, period, octaves) if ridged else 0.5 + 0.5 * _noise1d(rng, w, period, octaves)
     top = base_y - amp * prof  # (W,)
     col = _mix(color, haze_color, haze)
-    depth = np.clip((_rows(h) - top[None, :]) / max(amp, 1.0), 0, 1)  # 0 at the ridge -> 1 deeper
     body = np.broadcast_to(col, (h, w, 3)).astype(np.float32)
     if shade:
         # Flat-colour layers read best (column-wise slope shading streaks): add a lit rim just

@@ -16,7 +16,7 @@ means (B, N, token_dim); decode inverts that (post_quant_layer, Conv1d, rasteriz
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -16,7 +16,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 
 from ..errors import CheckpointError, UsageError
 from ..io import load_raw, state_dict_hash

@@ -13,16 +13,16 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..data.images import _show, load_rgb, scan_image_folder
 from ..device import autocast, pick_device
+from ..ema import EMA
 from ..errors import BadInputError, CheckpointError, TrainingDivergedError, UsageError
 from ..io import OutputLock, atomic_path, config_from_dict, load_checkpoint, save_checkpoint
 from ..progress import SILENT, Reporter
@@ -201,35 +201,14 @@ def save_preview(original: np.ndarray, recon: np.ndarray, path: Path, n: int = 8
 # --------------------------------------------------------------------------------------------
 # training
 
-class EMA:
-    """Float32 moving average of the weights; effective rate min(rate, (1+n)/(10+n)) so short runs
-    do not ship weights that are still mostly the random init. Buffers are copied."""
+def _ema_state(ema: EMA) -> dict:
+    # the tokenizer's state.pt keeps rate and update count next to the weights (format since v1)
+    return {"rate": ema.rate, "updates": ema.updates, "shadow": ema.state_dict()}
 
-    def __init__(self, model: torch.nn.Module, rate: float):
-        self.rate, self.updates = rate, 0
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        r = min(self.rate, (1 + self.updates) / (10 + self.updates))
-        params = dict(model.named_parameters())
-        for k, v in model.state_dict().items():
-            if k in params:
-                self.shadow[k].lerp_(v.float(), 1.0 - r)
-            else:
-                self.shadow[k].copy_(v)
-        self.updates += 1
-
-    def state_dict(self) -> dict:
-        return {"rate": self.rate, "updates": self.updates, "shadow": {k: v.detach().cpu().clone() for k, v in self.shadow.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rate, self.updates = float(state["rate"]), int(state["updates"])
-        for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
-
-    def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict(self.shadow)
+def _load_ema_state(ema: EMA, state: dict) -> None:
+    ema.rate = float(state["rate"])
+    ema.load_state_dict(state["shadow"], updates=int(state["updates"]))
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict:
@@ -369,7 +348,7 @@ def train_tokenizer(
         if doc is not None:
             try:
                 model.load_state_dict(doc["model"])
-                ema.load_state_dict(doc["ema"])
+                _load_ema_state(ema, doc["ema"])
                 opt.load_state_dict(doc["optimizer"])
                 if align is not None and doc.get("align") is not None:
                     align.load_state_dict(doc["align"])
@@ -398,7 +377,7 @@ def train_tokenizer(
         def checkpoint(last_val: dict | None) -> None:
             nonlocal best_psnr
             payload = {
-                "config": asdict(mc), "train_config": asdict(tc), "model": model.state_dict(), "ema": ema.state_dict(),
+                "config": asdict(mc), "train_config": asdict(tc), "model": model.state_dict(), "ema": _ema_state(ema),
                 "optimizer": opt.state_dict(), "align": align.state_dict() if align is not None else None,
                 "disc": disc.state_dict() if disc is not None else None,
                 "disc_optimizer": disc_opt.state_dict() if disc_opt is not None else None,
