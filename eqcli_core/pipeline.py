@@ -135,14 +135,17 @@ def estimate_image_bytes(width: int, height: int, num: int, token_dim: int, colu
     return 7 * px + 4 * num * (width // column_width) * token_dim
 
 
-def check_memory(width: int, height: int, num: int, token_dim: int, column_width: int, *, available: int | None = None) -> int:
+_STREAM_HINT = "write fixed-width tiles with constant memory instead: --stream DIR (or --stream - for raw frames), or lower --num/--width"
+
+
+def check_memory(width: int, height: int, num: int, token_dim: int, column_width: int, *, available: int | None = None,
+                 hint: str = _STREAM_HINT) -> int:
     need = estimate_image_bytes(width, height, num, token_dim, column_width)
     avail = available_memory_bytes() if available is None else available
     if avail is not None and need > 0.8 * avail:
         raise ResourceError(
             f"{num} image(s) of {width}x{height} px would need about {need / 2**20:,.0f} MiB in memory, "
-            f"but only {avail / 2**20:,.0f} MiB are available",
-            hint="write fixed-width tiles with constant memory instead: --stream DIR (or --stream - for raw frames), or lower --num/--width")
+            f"but only {avail / 2**20:,.0f} MiB are available", hint=hint)
     return need
 
 

@@ -113,6 +113,7 @@ def decode_sample_tokens(tok, st: SampleTokens, *, index: int | None = None, dec
     sampling run wrote; memory beyond the output is constant in the width."""
     from .decode import DEFAULT_CHUNK, StreamingDecoder, to_uint8
     from .device import autocast
+    from .pipeline import check_memory
 
     if index is not None and not 0 <= index < st.num:
         raise UsageError(f"--index {index} is out of range: the file holds {st.num} image(s) (0..{st.num - 1})")
@@ -125,6 +126,7 @@ def decode_sample_tokens(tok, st: SampleTokens, *, index: int | None = None, dec
     device = torch.device(device) if device is not None else next(tok.parameters()).device
     cw, H = int(tok.column_width), int(tok.height)
     n_out = 1 if index is not None else st.num
+    check_memory(st.columns * cw, H, n_out, st.token_dim, cw, hint="decode one image at a time with --index")
     out = np.empty((n_out, H, st.columns * cw, 3), dtype=np.uint8)
     step = decode_chunk or DEFAULT_CHUNK  # tokens fed at a time; any feed size gives the same pixels
     with reporter.task("decoding columns", total=sum(b1 - b0 for b0, b1 in groups) * st.columns, unit="col") as task:

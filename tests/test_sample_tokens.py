@@ -196,3 +196,16 @@ def test_cli_decode_errors(models, tmp_path, capsys, case, code, fragment):
     if case == "other_tokenizer":  # --force decodes anyway
         c, out, err = run(args + ["--force"], capsys)
         assert c == 0, err and (tmp_path / "x.png").exists()
+
+
+def test_decode_refuses_an_output_that_does_not_fit_in_memory(tmp_path, monkeypatch):
+    import eqcli_core.pipeline as P
+    from eqcli_core.errors import ResourceError
+
+    tok = tiny_tokenizer()
+    path = tmp_path / "t.h5"
+    generate_image(tiny_generator(), tok, SampleConfig(width=64, num=2, seed=0, classes="coast", steps=2), save_tokens=path)
+    monkeypatch.setattr(P, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(ResourceError, match="MiB") as e:
+        decode_sample_tokens(tok, load_sample_tokens(path))
+    assert "--index" in e.value.hint
