@@ -72,15 +72,15 @@ def _is_hdf5(path: Path) -> bool:
 def _describe_latents(path: Path) -> dict:
     from .latents import FORMAT as LATENT_FORMAT
     from .latents import LatentFile, _open_h5
-    from .sample_tokens import FORMAT as SAMPLE_TOKENS_FORMAT
-    from .sample_tokens import load_sample_tokens
+    from .saved_tokens import FORMAT as SAMPLE_TOKENS_FORMAT
+    from .saved_tokens import load_sample_tokens
 
-    sample_tokens = False
+    is_sampled = False
     f = _open_h5(path, swmr=True)  # SWMR read also opens an interrupted run's partial file
     try:
         a = dict(f.attrs)
         if a.get("format") == SAMPLE_TOKENS_FORMAT:
-            sample_tokens = True
+            is_sampled = True
         elif a.get("format") != LATENT_FORMAT:
             raise LatentFileError(f"{path} is an HDF5 file but not an eqimg latent file (format {a.get('format')!r})")
         elif not bool(a.get("complete", False)):
@@ -102,7 +102,7 @@ def _describe_latents(path: Path) -> dict:
         raise LatentFileError(f"{path} could not be read (truncated or corrupt?): {str(exc).splitlines()[0][:200]}") from exc
     finally:
         f.close()
-    if sample_tokens:
+    if is_sampled:
         doc = load_sample_tokens(path).summary()
         return {"path": str(path), **doc, "complete": True, "file_bytes": path.stat().st_size,
                 "hint": "decode it with `eqimg decode` and the tokenizer it was sampled with"}

@@ -593,7 +593,7 @@ def tokenize_folder(
     class_names = [_storable(c) for c in class_names]
     labels = np.array([int(y) for _, y in samples], dtype=np.int64)
     cw, C, H = int(tokenizer.column_width), int(tokenizer.token_dim), int(tokenizer.height)
-    fingerprint = getattr(tokenizer, "fingerprint", None) or state_dict_hash(tokenizer.state_dict())
+    fingerprint = getattr(tokenizer, "latent_fingerprint", None) or state_dict_hash(tokenizer.state_dict())
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -23,12 +23,14 @@ TRAIN = ["--preset", "tiny", "--batch", 2, "--micro-batch", 2, "--val-fraction",
          "--checkpoint-every", 2, "--log-every", 1, "--set", GEN_SET]
 
 
-def _kill_at_random(args, ready: Path, rng: random.Random, max_delay: float, timeout: float = 60) -> bool:
-    """Start `eqimg ARGS`, wait until `ready` exists (work has begun), sleep a random moment, kill -9.
+def _kill_at_random(args, ready, rng: random.Random, max_delay: float, timeout: float = 60) -> bool:
+    """Start `eqimg ARGS`, wait until `ready` (a path that exists, or a callable that returns True,
+    once work has begun), sleep a random moment, kill -9.
     Returns True when the process was killed (False when it finished first)."""
+    is_ready = ready if callable(ready) else ready.exists
     p = subprocess.Popen(EQIMG + [str(a) for a in args], env=SUB_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
-    while not ready.exists() and p.poll() is None and time.time() - t0 < timeout:
+    while not is_ready() and p.poll() is None and time.time() - t0 < timeout:
         time.sleep(0.02)
     time.sleep(rng.uniform(0, max_delay))
     killed = p.poll() is None
@@ -86,15 +88,20 @@ def test_kill_train_generator(env, tmp_path, capsys):
     lat = tmp_path / "lat.h5"
     assert run_cli(["tokenize", "--data", env["data"], "--out", lat, "--tokenizer", env["tok"], "--device", "cpu"], capsys)[0] == 0
     ref, run = tmp_path / "ref", tmp_path / "run"
-    steps = 100  # long enough (about 2-4 s after the log appears) for the random kills to land mid-run
+    steps = 200  # about 4 s of training here: three kills at most 0.5 s after a checkpoint all land mid-run
     # every run in a fresh process with the same environment, so the bitwise comparison is fair
     r = run_sub(["train", "--latents", lat, "--out", ref, "--steps", steps, *TRAIN])
     assert r.returncode == 0, r.stderr[-2000:]
     rng, kills, seen_steps = random.Random(1), 0, []
+    state = run / "train_state.pt"
     for trial in range(3):
-        resume = ["--resume"] if (run / "train_state.pt").exists() else []
+        # kill only after this process wrote a checkpoint of its own, so every trial is caught mid-run
+        # (an early kill of the first trial would otherwise leave no run to resume at all)
+        before = state.stat().st_mtime_ns if state.exists() else None
+        new_checkpoint = lambda: state.exists() and state.stat().st_mtime_ns != before  # noqa: E731
+        resume = ["--resume"] if state.exists() else []
         kills += _kill_at_random(["train", "--latents", lat, "--out", run, "--steps", steps, *TRAIN, *resume],
-                                 run / "log.jsonl", rng, 1.0)
+                                 new_checkpoint, rng, 0.5)
         for name in ("train_state.pt", "generator.pt"):
             if (run / name).exists():  # whatever is on disk is complete
                 doc = load_checkpoint(run / name)
@@ -136,7 +143,7 @@ def test_kill_train_tokenizer(env, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_kill_sample_save_tokens(env, tmp_path, capsys):
-    from eqcli_core.sample_tokens import load_sample_tokens
+    from eqcli_core.saved_tokens import load_sample_tokens
 
     rng = random.Random(3)
     png, h5 = tmp_path / "s.png", tmp_path / "s.h5"

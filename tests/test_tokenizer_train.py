@@ -150,3 +150,81 @@ def test_held_out_images_are_readable_and_skips_are_counted(tmp_path):
     (only_bad / "c" / "x.png").write_text("junk")
     with pytest.raises(BadInputError, match="could be used"):
         train_tokenizer(only_bad, tmp_path / "run2", model_config=_mini(), steps=1, train_config=_cfg())
+
+
+# ----------------------------------------------------------------------------- decoder fine-tuning
+
+
+def test_decoder_finetune_keeps_the_latent_space_and_resumes_exactly(tmp_path):
+    from eqcli_core.generator import save_generator
+    from eqcli_core.latents import open_latents, tokenize_folder
+    from eqcli_core.pipeline import check_pair
+
+    data = tmp_path / "data"
+    _write_images(data, 12, 32, 64)
+    train_tokenizer(data, tmp_path / "src", train_config=_cfg(), model_config=_mini(), steps=2)
+    src = load_tokenizer(tmp_path / "src" / "tokenizer.pt")
+    ft = _cfg(decoder_from=str(tmp_path / "src" / "tokenizer.pt"), lr=3e-3)
+    res = train_tokenizer(data, tmp_path / "ft", train_config=ft, steps=4)
+    assert res["latent_fingerprint"] == src.fingerprint
+    tok = load_tokenizer(tmp_path / "ft" / "tokenizer.pt")
+    assert tok.fingerprint != src.fingerprint and tok.latent_fingerprint == src.fingerprint
+    a, b = dict(src.named_parameters()), dict(tok.named_parameters())
+    enc = {n for n, p in src.named_parameters() if any(p is q for q in src.encoder_parameters())}
+    assert enc and all(torch.equal(a[n], b[n]) for n in enc)  # encoder bit-identical
+    assert any(not torch.equal(a[n], b[n]) for n in a if n not in enc)  # decoder trained
+    x = torch.rand(2, 3, 32, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(src.encode(x), tok.encode(x))
+
+    # everything made with the source stays valid with the fine-tuned tokenizer, and vice versa
+    lat_src, lat_ft = tmp_path / "src.h5", tmp_path / "ft.h5"
+    tokenize_folder(src, data, lat_src)
+    tokenize_folder(tok, data, lat_ft)
+    with open_latents(lat_src) as l1, open_latents(lat_ft) as l2:
+        assert l1.fingerprint == l2.fingerprint == src.fingerprint
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_pipeline import NAMES, tiny_generator
+
+    gen_path = tmp_path / "gen.pt"
+    save_generator(tiny_generator(token_dim=8), gen_path, class_names=NAMES, meta={"latent_fingerprint": src.fingerprint})
+    from eqcli_core.generator import load_generator
+
+    check_pair(load_generator(gen_path), tok)  # no "mismatched tokenizer"
+    other = load_tokenizer(tmp_path / "src" / "tokenizer.pt")
+    other.fingerprint = "f" * 16
+    with pytest.raises(CheckpointError, match="mismatched tokenizer"):
+        check_pair(load_generator(gen_path), other)
+
+    # resume: interrupted + resumed == uninterrupted
+    train_tokenizer(data, tmp_path / "ft2", train_config=ft, steps=2)
+    train_tokenizer(data, tmp_path / "ft2", train_config=_cfg(), steps=4, resume=True)
+    s1 = load_checkpoint(tmp_path / "ft" / "state.pt", kind="tokenizer-train-state")
+    s2 = load_checkpoint(tmp_path / "ft2" / "state.pt", kind="tokenizer-train-state")
+    for k, v in s1["model"].items():
+        assert torch.equal(v, s2["model"][k]), k
+    assert load_tokenizer(tmp_path / "ft2" / "tokenizer.pt").latent_fingerprint == src.fingerprint
+
+
+def test_decoder_finetune_refuses_a_source_that_is_not_a_tokenizer(tmp_path, capsys):
+    from eqcli.main import main
+    from eqcli_core.generator import save_generator
+
+    data = tmp_path / "data"
+    _write_images(data, 4, 32, 64)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_pipeline import NAMES, tiny_generator
+
+    save_generator(tiny_generator(), tmp_path / "gen.pt", class_names=NAMES)
+    with pytest.raises(SystemExit) as e:
+        main(["train-tokenizer", "--data", str(data), "--out", str(tmp_path / "o"), "--steps", "1", "--device", "cpu",
+              "--decoder-from", str(tmp_path / "gen.pt")])
+    assert e.value.code == 4
+    err = capsys.readouterr().err
+    assert "generator" in err and "Traceback" not in err

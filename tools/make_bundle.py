@@ -3,8 +3,8 @@
     python tools/make_bundle.py --tokenizer runs/tokenizer_final.pt --generator runs/gen_tiny/generator.pt
 
 The generator is stored in float16 (half the size; it is cast back to float32 on load). The
-tokenizer stays float32 so its fingerprint, recorded in the latent file and in the generator's
-meta, still matches. Writes manifest.json with classes, sizes and the training recipe.
+tokenizer stays float32 so its (latent) fingerprint, recorded in the latent file and in the
+generator's meta, still matches. Writes manifest.json with classes, sizes and the training recipe.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def main() -> None:
         "tokenizer_parameters": count(tok),
         "generator_parameters": count(gen),
         "tokenizer_fingerprint": tok.fingerprint,
+        "tokenizer_latent_fingerprint": tok.latent_fingerprint,  # differs after a decoder-only fine-tune
         "tokenizer_meta": {k: v for k, v in (tok_doc.get("meta") or {}).items() if isinstance(v, (int, float, str))},
         "generator_meta": {k: v for k, v in (gen_doc.get("meta") or {}).items() if isinstance(v, (int, float, str))},
         "provenance": "trained from scratch by the eqimg team on `eqimg data landscapes` (procedural, no external data), on a 2-core CPU",

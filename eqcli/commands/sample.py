@@ -117,7 +117,7 @@ def decode(
     from eqcli.ui import RichReporter, emit
     from eqcli_core.device import pick_device
     from eqcli_core.errors import UsageError
-    from eqcli_core.sample_tokens import run_decode
+    from eqcli_core.saved_tokens import run_decode
 
     if json_output and output == "-":
         raise UsageError("--json prints to stdout, which is taken by the PNG ('-o -'); give -o FILE.png")

@@ -25,6 +25,7 @@ def train_tokenizer_cmd(
     ckpt_minutes: float = typer.Option(5.0, "--ckpt-minutes", help="Validate and checkpoint this often."),
     val_every: int = typer.Option(0, "--val-every", help="Validate every N steps instead of every --ckpt-minutes."),
     seed: int = typer.Option(0, "--seed", help="Seed for data order and latent noise."),
+    decoder_from: Optional[Path] = typer.Option(None, "--decoder-from", help="Fine-tune only the decoder of this tokenizer: its encoder, its latents and every latent file, sampled-token file and generator made with it stay valid (--preset is ignored)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON document on stdout."),
@@ -32,6 +33,8 @@ def train_tokenizer_cmd(
     """Train a column tokenizer on a folder of images.
 
     Held-out PSNR/SSIM are logged at each checkpoint; the best EMA weights are written to OUT/tokenizer.pt. Interrupt and continue later with --resume.
+
+    With --decoder-from TOK.pt only the decoder is trained (starting from TOK's weights): a sharper decoder for a generator that is already trained, without re-tokenizing or retraining anything.
     """
     import torch
 
@@ -39,7 +42,8 @@ def train_tokenizer_cmd(
 
     torch.set_num_threads(max(1, threads))
     tc = TrainTokenizerConfig(preset=preset, batch=batch, lr=lr, gan_start=gan_start, perceptual=not no_perceptual,
-                              feature_align=feature_align, ckpt_minutes=ckpt_minutes, val_every=val_every, seed=seed)
+                              feature_align=feature_align, ckpt_minutes=ckpt_minutes, val_every=val_every, seed=seed,
+                              decoder_from=str(decoder_from) if decoder_from is not None else None)
     summary = train_tokenizer(data, out, train_config=tc, minutes=minutes, steps=steps, resume=resume, val_data=val_data, device=device,
                               reporter=RichReporter())
     emit(summary, json_output=json_output, title="train-tokenizer")

@@ -34,7 +34,10 @@ def save_tokenizer(model: ColumnTokenizer, path: str | os.PathLike, meta: dict |
     sd = _cpu_state(model)
     fp = state_dict_hash(sd)
     model.fingerprint = fp
-    save_checkpoint({"config": asdict(model.config), "state_dict": sd, "meta": {**(meta or {}), "fingerprint": fp}}, path, kind="tokenizer")
+    meta = {**(meta or {}), "fingerprint": fp}
+    if model.inherited_latent_fingerprint:  # a fine-tuned decoder keeps its source's latent space
+        meta["latent_fingerprint"] = model.inherited_latent_fingerprint
+    save_checkpoint({"config": asdict(model.config), "state_dict": sd, "meta": meta}, path, kind="tokenizer")
     return fp
 
 
@@ -71,4 +74,9 @@ def load_tokenizer(path: str | os.PathLike | None = None, device: str | torch.de
         sd = (ema.get("shadow") if "shadow" in ema else ema) if isinstance(ema, dict) else None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} holds no tokenizer weights")
-    return tokenizer_from_state(doc["config"], sd, device=device, source=str(path))
+    model = tokenizer_from_state(doc["config"], sd, device=device, source=str(path))
+    meta = doc.get("meta") if doc["kind"] == "tokenizer" else doc
+    inherited = meta.get("latent_fingerprint") if isinstance(meta, dict) else None
+    if inherited and str(inherited) != model.fingerprint:
+        model.inherited_latent_fingerprint = str(inherited)
+    return model

@@ -412,6 +412,19 @@ class ColumnTokenizer(nn.Module):
             self.decode_context = None  # global attention: every token sees every other
             self.encode_context = None
         self.fingerprint: str | None = None
+        # set when the decoder was fine-tuned on a frozen encoder: the fingerprint of the tokenizer
+        # whose latent space this one shares (see `latent_fingerprint`)
+        self.inherited_latent_fingerprint: str | None = None
+
+    @property
+    def latent_fingerprint(self) -> str | None:
+        """Identifies the latent space: equal for tokenizers whose encoders are the same, so latent
+        files, sampled tokens and generators made with one stay valid with the other."""
+        return self.inherited_latent_fingerprint or self.fingerprint
+
+    def encoder_parameters(self):
+        """The parameters that define the latents (encoder and quant layer); frozen by decoder fine-tuning."""
+        return [*self.encoder.parameters(), *self.quant_layer.parameters()]
 
     # -- checks --------------------------------------------------------------------------------
     def _check_images(self, x: torch.Tensor) -> None:

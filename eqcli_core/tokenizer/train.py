@@ -57,6 +57,7 @@ class TrainTokenizerConfig:
     val_every: int = 0                 # steps between validations; 0: every ckpt_minutes
     ckpt_minutes: float = 5.0
     seed: int = 0
+    decoder_from: str | None = None    # fine-tune only the decoder of this tokenizer (its encoder, so its latents, stay fixed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +202,19 @@ def save_preview(original: np.ndarray, recon: np.ndarray, path: Path, n: int = 8
 # --------------------------------------------------------------------------------------------
 # training
 
+def _encoder_fingerprint(model: ColumnTokenizer) -> str:
+    from ..io import state_dict_hash
+
+    names = {id(p) for p in model.encoder_parameters()}
+    return state_dict_hash({k: v for k, v in model.named_parameters() if id(v) in names})
+
+
+def _check_encoder(model: ColumnTokenizer, expected: str) -> None:
+    # why: a tokenizer that claims its source's latent space must really have its encoder
+    if _encoder_fingerprint(model) != expected:
+        raise RuntimeError("decoder fine-tuning changed the encoder weights; refusing to save a tokenizer with a false latent fingerprint")
+
+
 def _ema_state(ema: EMA) -> dict:
     # the tokenizer's state.pt keeps rate and update count next to the weights (format since v1)
     return {"rate": ema.rate, "updates": ema.updates, "shadow": ema.state_dict()}
@@ -272,7 +286,13 @@ def train_tokenizer(
         else:
             if state_path.exists():
                 raise UsageError(f"{out} already holds a training run", hint="pass --resume to continue it, or choose another --out")
-            if model_config is not None:
+            if tc.decoder_from is not None:
+                from . import load_tokenizer
+
+                source = load_tokenizer(tc.decoder_from)  # its config replaces --preset
+                mc = copy.deepcopy(source.config)
+                tc.decoder_from = str(tc.decoder_from)
+            elif model_config is not None:
                 mc = copy.deepcopy(model_config)
             elif tc.preset in TOKENIZER_PRESETS:
                 mc = copy.deepcopy(TOKENIZER_PRESETS[tc.preset])
@@ -302,6 +322,17 @@ def train_tokenizer(
         with torch.random.fork_rng(devices=[]):  # reproducible init without touching the caller's RNG
             torch.manual_seed(tc.seed)
             model = ColumnTokenizer(mc).to(dev)
+        latent_fp = encoder_fp = None
+        if tc.decoder_from is not None:
+            if doc is None:
+                model.load_state_dict(source.state_dict())
+                latent_fp, encoder_fp = source.latent_fingerprint, _encoder_fingerprint(source)
+            else:
+                latent_fp, encoder_fp = doc.get("latent_fingerprint"), doc.get("encoder_fingerprint")
+                if not latent_fp or not encoder_fp:
+                    raise CheckpointError(f"{state_path} is a decoder fine-tuning run without its source's fingerprints; the file is damaged")
+            for p in model.encoder_parameters():  # frozen: the latents stay exactly those of the source
+                p.requires_grad_(False)
         if crop_w % model.column_width:
             raise UsageError(f"crop width {crop_w} is not a multiple of the column width {model.column_width}")
         train_data = ImageCrops(train_files, mc.height, crop_w, reporter)
@@ -311,7 +342,7 @@ def train_tokenizer(
             raise BadInputError("none of the held-out validation images could be read")
         val_x = torch.stack(val_list)
 
-        params = list(model.parameters())
+        params = [p for p in model.parameters() if p.requires_grad]
         # optional parts
         percep = None
         align = None
@@ -383,6 +414,7 @@ def train_tokenizer(
                 "disc_optimizer": disc_opt.state_dict() if disc_opt is not None else None,
                 "step": step, "best_psnr": best_psnr, "history": history, "rng": _rng_state(gens),
                 "train_seconds": prev_seconds + (time.monotonic() - t0),
+                "latent_fingerprint": latent_fp, "encoder_fingerprint": encoder_fp,
             }
             if last_val is not None and last_val["psnr"] > best_psnr:
                 best_psnr = last_val["psnr"]
@@ -390,6 +422,10 @@ def train_tokenizer(
                 ema.copy_to(eval_model)
                 meta = {"preset": tc.preset, "step": step, "val_psnr": last_val["psnr"], "val_ssim": last_val["ssim"],
                         "token_std": last_val["token_std"], "data": str(data)}
+                if tc.decoder_from is not None:
+                    _check_encoder(eval_model, encoder_fp)
+                    eval_model.inherited_latent_fingerprint = latent_fp
+                    meta["decoder_from"] = tc.decoder_from
                 save_tokenizer(eval_model, out / "tokenizer.pt", meta=meta)
             save_checkpoint(payload, state_path, kind="tokenizer-train-state")
 
@@ -480,6 +516,7 @@ def train_tokenizer(
         checkpoint(v)
         if not (out / "tokenizer.pt").exists():  # no improvement ever recorded (cannot happen normally)
             ema.copy_to(eval_model)
+            eval_model.inherited_latent_fingerprint = latent_fp
             save_tokenizer(eval_model, out / "tokenizer.pt", meta={"preset": tc.preset, "step": step})
         reporter.log(f"done at step {step}: held-out PSNR {v['psnr']:.2f} dB (best {best_psnr:.2f}), SSIM {v['ssim']:.4f}")
         return {
@@ -488,6 +525,7 @@ def train_tokenizer(
             "images_per_s": imgs_s, "train_images": len(train_files), "val_images": int(len(val_x)),
             "skipped": len(skipped) + len(train_data.bad) + len(val_data.bad),  # files that changed since the check count too
             "perceptual": percep is not None, "feature_align": align is not None, "gan": disc is not None,
+            "decoder_from": tc.decoder_from, "latent_fingerprint": latent_fp,
         }
 
 

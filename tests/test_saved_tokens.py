@@ -15,7 +15,7 @@ from PIL import Image
 from eqcli_core.errors import CheckpointError, LatentFileError, UsageError
 from eqcli_core.generator import save_generator
 from eqcli_core.pipeline import SampleConfig, generate_image
-from eqcli_core.sample_tokens import check_tokenizer, decode_sample_tokens, load_sample_tokens
+from eqcli_core.saved_tokens import check_tokenizer, decode_sample_tokens, load_sample_tokens
 from eqcli_core.tokenizer import save_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -4,7 +4,7 @@ A sampled-token file is HDF5 with one dataset `tokens` (num, columns, token_dim)
 tokenizer's latent space, and attributes that say how it was made (tokenizer fingerprint, seed,
 classes, cfg, width, column width). It is written to a temporary name and renamed into place, so
 a file that exists is complete. Decoding it with the same tokenizer and decode settings gives the
-same pixels as the PNG written by the sampling run (tests/test_sample_tokens.py checks this), so
+same pixels as the PNG written by the sampling run (tests/test_saved_tokens.py checks this), so
 tokens are a compact, lossless record of a sample that can be re-decoded later, e.g. with a
 better decoder of the same tokenizer or in other chunk sizes.
 """
@@ -99,7 +99,7 @@ def check_tokenizer(st: SampleTokens, tok, name: str = "the file") -> None:
     if cw is not None and int(cw) != int(tok.column_width):
         raise CheckpointError(f"mismatched tokenizer: {name} was made for {int(cw)}-px columns but the tokenizer's are {int(tok.column_width)} px",
                               hint="pass the tokenizer the tokens were sampled with (--tokenizer)")
-    want, have = st.attrs.get("tokenizer_fingerprint"), getattr(tok, "fingerprint", None)
+    want, have = st.attrs.get("tokenizer_fingerprint"), getattr(tok, "latent_fingerprint", None)
     if want and have and str(want) != str(have):
         raise CheckpointError(f"mismatched tokenizer: {name} was sampled with tokenizer {want}, but this tokenizer is {have}",
                               hint="pass the tokenizer the tokens were sampled with (--tokenizer), or --force to decode anyway")
