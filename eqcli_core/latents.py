@@ -36,6 +36,7 @@ import torch
 from .errors import BadInputError, LatentFileError, UsageError, WriteError
 from .io import OutputLock, _fsync_dir, state_dict_hash
 from .progress import SILENT, Reporter
+from .tokenizer import latent_fingerprint_of
 
 FORMAT = "eqimg-latents"
 FORMAT_VERSION = 1
@@ -593,7 +594,7 @@ def tokenize_folder(
     class_names = [_storable(c) for c in class_names]
     labels = np.array([int(y) for _, y in samples], dtype=np.int64)
     cw, C, H = int(tokenizer.column_width), int(tokenizer.token_dim), int(tokenizer.height)
-    fingerprint = getattr(tokenizer, "latent_fingerprint", None) or state_dict_hash(tokenizer.state_dict())
+    fingerprint = latent_fingerprint_of(tokenizer) or state_dict_hash(tokenizer.state_dict())
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -25,6 +25,7 @@ from .device import autocast
 from .errors import BadInputError, CheckpointError, ResourceError, UsageError
 from .io import atomic_path, require_multiple
 from .progress import SILENT, Reporter
+from .tokenizer import latent_fingerprint_of
 from .saved_tokens import FORMAT as SAMPLE_TOKENS_FORMAT
 from .saved_tokens import FORMAT_VERSION as SAMPLE_TOKENS_VERSION
 
@@ -88,7 +89,7 @@ def check_pair(gen, tok) -> None:
     if gdim != tdim:
         raise CheckpointError(f"mismatched tokenizer: the generator works on {gdim}-dim tokens but the tokenizer makes {tdim}-dim tokens",
                               hint="pass the tokenizer the generator was trained with (--tokenizer)")
-    want, have = _generator_tokenizer_fingerprint(gen), getattr(tok, "latent_fingerprint", None)
+    want, have = _generator_tokenizer_fingerprint(gen), latent_fingerprint_of(tok)
     if want and have and str(want) != str(have):
         raise CheckpointError(f"mismatched tokenizer: the generator was trained on latents of tokenizer {want}, but this tokenizer is {have}",
                               hint="pass the tokenizer the generator was trained with (--tokenizer)")
@@ -247,7 +248,7 @@ def generate_image(gen, tok, config: SampleConfig, *, device=None, reporter: Rep
     writer = None
     if save_tokens is not None:
         writer = TokenWriter(save_tokens, config.num, C, ncols, {
-            "tokenizer_fingerprint": getattr(tok, "latent_fingerprint", None), "seed": int(config.seed),
+            "tokenizer_fingerprint": latent_fingerprint_of(tok), "seed": int(config.seed),
             "classes": config.classes or ",".join(str(int(c)) for c in labels_all), "cfg": float(config.cfg),
             "cfg_schedule": config.cfg_schedule, "temperature": float(config.temperature), "width": width,
             "column_width": cw, "batch": batch})

@@ -19,6 +19,7 @@ import torch
 
 from .errors import CheckpointError, LatentFileError, UsageError
 from .progress import SILENT, Reporter
+from .tokenizer import latent_fingerprint_of
 
 FORMAT = "eqimg-sample-tokens"
 FORMAT_VERSION = 1
@@ -99,7 +100,7 @@ def check_tokenizer(st: SampleTokens, tok, name: str = "the file") -> None:
     if cw is not None and int(cw) != int(tok.column_width):
         raise CheckpointError(f"mismatched tokenizer: {name} was made for {int(cw)}-px columns but the tokenizer's are {int(tok.column_width)} px",
                               hint="pass the tokenizer the tokens were sampled with (--tokenizer)")
-    want, have = st.attrs.get("tokenizer_fingerprint"), getattr(tok, "latent_fingerprint", None)
+    want, have = st.attrs.get("tokenizer_fingerprint"), latent_fingerprint_of(tok)
     if want and have and str(want) != str(have):
         raise CheckpointError(f"mismatched tokenizer: {name} was sampled with tokenizer {want}, but this tokenizer is {have}",
                               hint="pass the tokenizer the tokens were sampled with (--tokenizer), or --force to decode anyway")

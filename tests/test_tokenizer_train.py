@@ -228,3 +228,13 @@ def test_decoder_finetune_refuses_a_source_that_is_not_a_tokenizer(tmp_path, cap
     assert e.value.code == 4
     err = capsys.readouterr().err
     assert "generator" in err and "Traceback" not in err
+
+
+def test_latent_fingerprint_of_duck_typed_tokenizers():
+    from types import SimpleNamespace
+
+    from eqcli_core.tokenizer import latent_fingerprint_of
+
+    assert latent_fingerprint_of(SimpleNamespace(fingerprint="a" * 16)) == "a" * 16
+    assert latent_fingerprint_of(SimpleNamespace(fingerprint="a" * 16, latent_fingerprint="b" * 16)) == "b" * 16
+    assert latent_fingerprint_of(SimpleNamespace()) is None

@@ -25,6 +25,12 @@ __all__ = [
 ]
 
 
+def latent_fingerprint_of(tokenizer) -> str | None:
+    """The latent-space fingerprint of any tokenizer-like object (eqimg tokenizers have
+    `latent_fingerprint`; duck-typed ones may only have `fingerprint`)."""
+    return getattr(tokenizer, "latent_fingerprint", None) or getattr(tokenizer, "fingerprint", None)
+
+
 def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
