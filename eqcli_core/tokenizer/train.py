@@ -24,7 +24,7 @@ from ..data.images import _show, load_rgb, scan_image_folder
 from ..device import autocast, pick_device
 from ..ema import EMA
 from ..errors import BadInputError, CheckpointError, TrainingDivergedError, UsageError
-from ..io import OutputLock, atomic_path, config_from_dict, load_checkpoint, save_checkpoint
+from ..io import OutputLock, atomic_path, config_from_dict, load_checkpoint, save_checkpoint, state_dict_hash
 from ..progress import SILENT, Reporter
 from . import save_tokenizer
 from .losses import FeatureAligner, PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss, latent_penalty, reconstruction_loss
@@ -203,8 +203,6 @@ def save_preview(original: np.ndarray, recon: np.ndarray, path: Path, n: int = 8
 # training
 
 def _encoder_fingerprint(model: ColumnTokenizer) -> str:
-    from ..io import state_dict_hash
-
     names = {id(p) for p in model.encoder_parameters()}
     return state_dict_hash({k: v for k, v in model.named_parameters() if id(v) in names})
 
