@@ -19,7 +19,7 @@ def sample(
     temperature: float = typer.Option(1.0, "--temperature", help="Noise scale of each token's flow sampling (< 1: safer, > 1: wilder)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Flow (Euler) steps per token (default: the generator's)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output PNG; '-' writes PNG bytes to stdout."),
-    save_tokens: Optional[str] = typer.Option(None, "--save-tokens", help="Also save the sampled tokens to this HDF5 file."),
+    save_tokens: Optional[str] = typer.Option(None, "--save-tokens", help="Also save the sampled tokens to this HDF5 file (decode them again with `eqimg decode`)."),
     stream: Optional[str] = typer.Option(None, "--stream", help="Write fixed-width tiles instead: a directory (tile_000000.png, ...) or '-' for raw RGB frames on stdout (e.g. for ffmpeg)."),
     tile_width: int = typer.Option(1024, "--tile-width", min=1, help="Tile width in px for --stream."),
     max_tiles: Optional[int] = typer.Option(None, "--max-tiles", min=1, help="Stop --stream after this many tiles."),
