@@ -274,7 +274,7 @@ def test_cli_kill9_then_resume_matches_uninterrupted(latents, tmp_path):
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 60
     while not (tmp_path / "k" / "train_state.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.005)  # poll fast: the kill must land before step 12
     proc.kill()
     proc.wait()
     killed_at = state(tmp_path / "k")["step"]
