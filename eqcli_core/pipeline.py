@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import regions as R
 from .decode import DEFAULT_CHUNK, StreamingDecoder, to_uint8
@@ -461,15 +462,27 @@ def _extend_right(gen, tok, orig: np.ndarray, n_new: int, labels, config: Sample
     pix = torch.cat([p for p in pix if p is not None], dim=-1).float()  # (1, 3, H, (ctx+n_new)*cw)
     recon_edge = pix[0, :, :, ctx * cw - 1]  # (3, H) decoded last original column
     gen_pix = pix[0, :, :, ctx * cw :]  # (3, H, n_new*cw)
-    # carry the reconstruction error at the seam into the generated side, fading out over blend_px
-    # (why: original pixels are kept exactly, so the decoder's error would otherwise show as an edge)
     orig_edge = torch.from_numpy(orig[:, -1]).to(pix.device).float().T / 127.5 - 1  # (3, H)
+    return to_uint8(blend_seam(gen_pix, orig_edge, recon_edge, blend_px)[None])[0]
+
+
+def blend_seam(gen_pix: torch.Tensor, orig_edge: torch.Tensor, recon_edge: torch.Tensor, blend_px: int) -> torch.Tensor:
+    """Generated pixels (3, H, w) right of a seam whose left side keeps the original pixels exactly.
+
+    A correction fades out over `blend_px` columns: (1) the decoder's reconstruction error at the
+    seam (orig_edge - recon_edge, both (3, H)), and (2) the smooth (vertically low-passed) part of
+    the step from the decoded last original column to the first new one, a colour/brightness
+    mismatch; the step's fine detail is texture and is kept (copying the edge column would flatten it)."""
     k = min(blend_px, gen_pix.shape[-1])
-    if k > 0:
-        ramp = 1 - (torch.arange(k, device=pix.device, dtype=torch.float32) + 0.5) / k  # 1 -> 0
-        gen_pix = gen_pix.clone()
-        gen_pix[..., :k] += (orig_edge - recon_edge)[..., None] * ramp
-    return to_uint8(gen_pix[None])[0]
+    if k <= 0:
+        return gen_pix
+    ramp = 1 - (torch.arange(k, device=gen_pix.device, dtype=torch.float32) + 0.5) / k  # 1 -> 0
+    step = recon_edge - gen_pix[..., 0]  # (3, H)
+    r = max(1, step.shape[-1] // 16)
+    smooth = F.avg_pool1d(F.pad(step[None], (r, r), mode="replicate"), 2 * r + 1, stride=1)[0]
+    out = gen_pix.clone()
+    out[..., :k] += (orig_edge - recon_edge + smooth)[..., None] * ramp
+    return out
 
 
 def outpaint(gen, tok, image, config: SampleConfig, *, direction: str = "right", blend_columns: int = 2,

@@ -270,3 +270,22 @@ def test_official_fixture_models(official_dir):
     out = outpaint(gen, tok, img, SampleConfig(width=80, seed=0, classes="2"), direction="both")
     assert np.array_equal(out.image[:, out.original_x[0]:out.original_x[1]], img)
     assert np.isfinite(out.seam_ratio)
+
+
+def test_blend_seam_removes_a_colour_step_but_keeps_texture():
+    from eqcli_core.pipeline import blend_seam
+
+    g = torch.Generator().manual_seed(0)
+    H, w, k = 64, 40, 16
+    rows = torch.linspace(-0.5, 0.5, H)
+    recon_edge = torch.stack([rows, -rows, rows * 0.5])  # (3, H) smooth decoded last original column
+    orig_edge = recon_edge + 0.05  # the decoder's (small) error
+    texture = torch.randn(3, H, w, generator=g) * 0.02
+    gen = recon_edge[..., None] + 0.3 + texture  # generated side: a colour step of 0.3, plus texture
+    out = blend_seam(gen, orig_edge, recon_edge, k)
+    first_step = (out[..., 0] - orig_edge).abs().mean()
+    assert first_step < 0.05 < (gen[..., 0] - orig_edge).abs().mean()  # the 0.35 step is gone
+    assert torch.equal(out[..., k:], gen[..., k:])  # beyond the blend: untouched
+    # texture survives at the seam (copying the edge column would make this 0)
+    assert (out[..., 0] - orig_edge).std() > 0.5 * texture[..., 0].std()
+    assert torch.equal(blend_seam(gen, orig_edge, recon_edge, 0), gen)
