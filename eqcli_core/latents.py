@@ -80,7 +80,9 @@ class LatentFile:
     def _validate(self) -> None:
         f, name = self._f, self.path.name
         a = f.attrs
-        if a.get("format") == "eqimg-sample-tokens":
+        from .saved_tokens import FORMAT as SAMPLE_TOKENS_FORMAT  # local: saved_tokens imports this module
+
+        if a.get("format") == SAMPLE_TOKENS_FORMAT:
             raise LatentFileError(f"{name} holds sampled tokens (from `eqimg sample --save-tokens`), not a tokenized dataset",
                                   hint="decode it with `eqimg decode`; training needs `eqimg tokenize` output")
         if a.get("format") != FORMAT:

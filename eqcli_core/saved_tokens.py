@@ -132,7 +132,7 @@ def decode_sample_tokens(tok, st: SampleTokens, *, index: int | None = None, dec
     step = decode_chunk or DEFAULT_CHUNK  # tokens fed at a time; any feed size gives the same pixels
     with reporter.task("decoding columns", total=sum(b1 - b0 for b0, b1 in groups) * st.columns, unit="col") as task:
         for b0, b1 in groups:
-            dec = StreamingDecoder(tok, overlap=decode_overlap, chunk=decode_chunk or DEFAULT_CHUNK)
+            dec = StreamingDecoder(tok, overlap=decode_overlap, chunk=step)
             x = 0
             with torch.no_grad(), autocast(device):
                 for c0 in range(0, st.columns, step):
@@ -167,10 +167,8 @@ def run_decode(tokens_path: str, output: str, *, tokenizer_path=None, index: int
     st = load_sample_tokens(tokens_path)
     tok = load_tokenizer(tokenizer_path, device=device)
     tok.eval()
-    if not force:
+    if not force or st.token_dim != int(tok.token_dim):  # --force cannot fix a dimension mismatch
         check_tokenizer(st, tok, Path(tokens_path).name)
-    elif st.token_dim != int(tok.token_dim):
-        check_tokenizer(st, tok, Path(tokens_path).name)  # --force cannot fix a dimension mismatch
     t0 = time.perf_counter()
     images = decode_sample_tokens(tok, st, index=index, decode_overlap=decode_overlap, device=device, reporter=reporter)
     n, h, w, c = images.shape

@@ -9,20 +9,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_faults_common import (assert_no_traceback, error_lines, json_error, run_cli, save_tiny_models,  # noqa: E402
-                                write_images, write_malicious)
+from test_faults_common import (assert_no_traceback, error_lines, json_error, models_images_latents, run_cli,  # noqa: E402
+                                write_malicious)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from eqcli_core.latents import tokenize_folder
-    from eqcli_core.tokenizer import load_tokenizer
-
     d = tmp_path_factory.mktemp("ckpt_faults")
-    m = save_tiny_models(d / "models")
-    data = write_images(d / "data", n=4, h=32, w=64, classes=("mountains", "coast"))
-    tokenize_folder(load_tokenizer(m["tok"]), data, d / "lat.h5", batch_size=4)
-    return {"d": d, "data": data, "lat": d / "lat.h5", **m}
+    return {**models_images_latents(d, "lat.h5"), "lat": d / "lat.h5"}
 
 
 def _commands(env, evil: Path, tmp: Path) -> dict[str, list]:

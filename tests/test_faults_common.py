@@ -62,6 +62,20 @@ def assert_no_traceback(stderr: str) -> None:
 
 # ----------------------------------------------------------------------------- tiny models
 
+# `eqimg train --set` overrides for a one-block generator that trains in milliseconds per step
+TINY_GEN_SET = '{"depth": 1, "width": 32, "num_heads": 2, "head_width": 32, "head_depth": 1, "train_length": 8}'
+
+
+def models_images_latents(d: Path, latents_name: str) -> dict:
+    """Tiny models, 4 small images in two classes, and their latent file `d/latents_name`."""
+    from eqcli_core.latents import tokenize_folder
+    from eqcli_core.tokenizer import load_tokenizer
+
+    m = save_tiny_models(d / "models")
+    data = write_images(d / "data", n=4, h=32, w=64, classes=("mountains", "coast"))
+    tokenize_folder(load_tokenizer(m["tok"]), data, d / latents_name, batch_size=4)
+    return {"d": d, "data": data, **m}
+
 def save_tiny_models(d: Path) -> dict:
     """A tiny tokenizer (32 px tall, 4-px columns) and a matching tiny generator on disk."""
     from eqcli_core.generator import save_generator

@@ -16,11 +16,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_faults_common import EQIMG, SUB_ENV, json_error, run_cli, run_sub, save_tiny_models, write_images  # noqa: E402
+from test_faults_common import EQIMG, SUB_ENV, TINY_GEN_SET, json_error, run_cli, run_sub, save_tiny_models, write_images  # noqa: E402
 
-GEN_SET = '{"depth": 1, "width": 32, "num_heads": 2, "head_width": 32, "head_depth": 1, "train_length": 8}'
 TRAIN = ["--preset", "tiny", "--batch", 2, "--micro-batch", 2, "--val-fraction", 0, "--device", "cpu", "--val-every", 0,
-         "--checkpoint-every", 2, "--log-every", 1, "--set", GEN_SET]
+         "--checkpoint-every", 2, "--log-every", 1, "--set", TINY_GEN_SET]
 
 
 def _kill_at_random(args, ready, rng: random.Random, max_delay: float, timeout: float = 60) -> bool:

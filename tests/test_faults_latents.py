@@ -11,22 +11,17 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_faults_common import assert_no_traceback, error_lines, json_error, run_cli, save_tiny_models, write_images  # noqa: E402
+from test_faults_common import (TINY_GEN_SET, assert_no_traceback, error_lines, json_error, models_images_latents,  # noqa: E402
+                                run_cli)
 
 TRAIN = ["--preset", "tiny", "--steps", 1, "--batch", 2, "--micro-batch", 2, "--val-fraction", 0, "--device", "cpu",
-         "--set", '{"depth": 1, "width": 32, "num_heads": 2, "head_width": 32, "head_depth": 1, "train_length": 8}']
+         "--set", TINY_GEN_SET]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from eqcli_core.latents import tokenize_folder
-    from eqcli_core.tokenizer import load_tokenizer
-
     d = tmp_path_factory.mktemp("lat_faults")
-    m = save_tiny_models(d / "models")
-    data = write_images(d / "data", n=4, h=32, w=64, classes=("mountains", "coast"))
-    tokenize_folder(load_tokenizer(m["tok"]), data, d / "good.h5", batch_size=4)
-    return {"d": d, "data": data, "good": d / "good.h5", **m}
+    return {**models_images_latents(d, "good.h5"), "good": d / "good.h5"}
 
 
 def _damaged(env, tmp: Path, case: str) -> tuple[Path, str]:

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_faults_common import assert_no_traceback, json_error, run_cli, save_tiny_models, write_images  # noqa: E402
+from test_faults_common import TINY_GEN_SET, assert_no_traceback, json_error, run_cli, save_tiny_models, write_images  # noqa: E402
 
 TRAIN = ["--preset", "tiny", "--batch", 2, "--micro-batch", 2, "--val-fraction", 0, "--device", "cpu", "--val-every", 0,
-         "--set", '{"depth": 1, "width": 32, "num_heads": 2, "head_width": 32, "head_depth": 1, "train_length": 8}']
+         "--set", TINY_GEN_SET]
 
 
 @pytest.fixture(scope="module")
